@@ -1,0 +1,1 @@
+"""The ``lotavec`` command line (click). The only layer that prints or exits."""

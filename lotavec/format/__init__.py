@@ -1,0 +1,1 @@
+"""Ticket format: bytes ⇄ numpy arrays. Imports numpy and zstandard, never torch."""
