@@ -1,0 +1,313 @@
+"""Tiny random models and a tiny tokenizer for tests, demos and benchmarks (no downloads).
+
+Everything here is deterministic from its arguments and built offline:
+
+* :func:`make_tiny_tokenizer` — a byte-level BPE tokenizer with no merges (one token per byte,
+  so any text round-trips exactly), ChatML special tokens and a SmolLM2-style chat template.
+* :func:`make_tiny_model` — a small Llama / GPT-2 / GPT-NeoX / Qwen2 causal LM with random
+  weights, optionally saved as a normal Hugging Face folder (safetensors, tokenizer,
+  generation config).
+* :func:`make_finetuned` — a synthetic "fine-tune" of such a folder: a random subset of the
+  entries of chosen tensors is perturbed, every chosen entry really changes.
+
+Example:
+    >>> base = make_tiny_model("llama", "/tmp/base")  # doctest: +SKIP
+    >>> make_finetuned("/tmp/base", "/tmp/ft", density=0.1)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import zlib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ModelError, NotFoundError
+from .format.dtypes import from_float32, to_float32
+
+#: Special tokens of the tiny tokenizer, in id order (ids 0..3); byte ``b`` has id ``4 + b``.
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>")
+BOS_ID, EOS_ID, PAD_ID = 1, 2, 3
+#: Vocabulary size of the tiny tokenizer.
+TINY_VOCAB_SIZE = len(SPECIAL_TOKENS) + 256
+
+#: ChatML template in the style of SmolLM2-Instruct (no default system prompt).
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+#: Architectures :func:`make_tiny_model` knows.
+ARCHS = ("llama", "gpt2", "gpt_neox", "qwen2")
+
+_DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16",
+           "float32": "float32", "fp32": "float32"}
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map (the ByteLevel alphabet)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {b: chr(c) for b, c in zip(bs, cs)}
+
+
+def make_tiny_tokenizer(out_dir: str | os.PathLike | None = None):
+    """Build a tiny byte-level tokenizer offline.
+
+    Every byte is one token (id ``4 + byte``), so any text encodes and decodes exactly. Special
+    tokens: ``<|endoftext|>`` (0), ``<|im_start|>`` (1, bos), ``<|im_end|>`` (2, eos),
+    ``<pad>`` (3, pad). The chat template is ChatML like SmolLM2's.
+
+    Args:
+        out_dir: when given, the tokenizer is saved there (``tokenizer.json`` and friends).
+
+    Returns:
+        A ``transformers.PreTrainedTokenizerFast``.
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+    for b, ch in sorted(_bytes_to_unicode().items()):
+        vocab[ch] = len(SPECIAL_TOKENS) + b
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    core.decoder = decoders.ByteLevel()
+    core.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token=SPECIAL_TOKENS[BOS_ID],
+        eos_token=SPECIAL_TOKENS[EOS_ID],
+        pad_token=SPECIAL_TOKENS[PAD_ID],
+        unk_token=None,
+        model_max_length=256,
+        chat_template=CHAT_TEMPLATE,
+    )
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        tok.save_pretrained(out_dir)
+    return tok
+
+
+def tiny_config(arch: str, *, vocab_size: int | None = None, tie_word_embeddings: bool | None = None, **overrides: Any):
+    """The transformers config of a tiny model (hidden 64, 2 layers, 4 heads).
+
+    Args:
+        arch: one of :data:`ARCHS`.
+        vocab_size: defaults to the tiny tokenizer's.
+        tie_word_embeddings: defaults to the architecture's usual choice (tied for llama, gpt2
+            and qwen2 like SmolLM2 / GPT-2 / Qwen2-0.5B; untied for gpt_neox like Pythia).
+        **overrides: any other config field (``num_hidden_layers=4``...).
+
+    Raises:
+        ModelError: unknown architecture.
+    """
+    from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig, Qwen2Config
+
+    vocab = TINY_VOCAB_SIZE if vocab_size is None else int(vocab_size)
+    ids = {"bos_token_id": BOS_ID, "eos_token_id": EOS_ID, "pad_token_id": PAD_ID}
+    if arch == "llama":
+        cls, kw, tied = LlamaConfig, dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                          num_attention_heads=4, num_key_value_heads=2,
+                                          max_position_embeddings=256), True
+    elif arch == "qwen2":
+        cls, kw, tied = Qwen2Config, dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                          num_attention_heads=4, num_key_value_heads=2,
+                                          max_position_embeddings=256), True
+    elif arch == "gpt_neox":
+        cls, kw, tied = GPTNeoXConfig, dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                            num_attention_heads=4, max_position_embeddings=256), False
+    elif arch == "gpt2":
+        cls, kw, tied = GPT2Config, dict(n_embd=64, n_layer=2, n_head=4, n_positions=256), True
+    else:
+        raise ModelError(f"unknown tiny architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+    kw.update(ids)
+    kw["vocab_size"] = vocab
+    kw["tie_word_embeddings"] = tied if tie_word_embeddings is None else bool(tie_word_embeddings)
+    kw.update(overrides)
+    return cls(**kw)
+
+
+def make_tiny_model(
+    arch: str,
+    out_dir: str | os.PathLike | None = None,
+    *,
+    dtype: str = "bfloat16",
+    seed: int = 0,
+    vocab_size: int | None = None,
+    tie_word_embeddings: bool | None = None,
+    max_shard_size: int | str | None = None,
+    **overrides: Any,
+):
+    """Build a tiny random causal LM, deterministic from ``seed``.
+
+    Args:
+        arch: ``"llama"``, ``"gpt2"``, ``"gpt_neox"`` or ``"qwen2"``.
+        out_dir: when given, ``save_pretrained`` (safetensors) there together with the tiny
+            tokenizer and the generation config.
+        dtype: ``"bfloat16"`` (default), ``"float16"`` or ``"float32"``.
+        seed: weights depend only on this (the global torch RNG is left untouched).
+        vocab_size, tie_word_embeddings, **overrides: see :func:`tiny_config`.
+        max_shard_size: shard the saved weights (e.g. ``"200KB"`` or an int of bytes).
+
+    Returns:
+        The model (``eval()`` mode, on CPU, in ``dtype``).
+
+    Raises:
+        ModelError: unknown architecture or dtype.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if dtype not in _DTYPES:
+        raise ModelError(f"unknown dtype {dtype!r}; choose one of {', '.join(sorted(_DTYPES))}")
+    config = tiny_config(arch, vocab_size=vocab_size, tie_word_embeddings=tie_word_embeddings, **overrides)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = model.to(getattr(torch, _DTYPES[dtype])).eval()
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        kw = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
+        with _quiet_transformers():
+            model.save_pretrained(out, **kw)
+        make_tiny_tokenizer(out)
+    return model
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Silence transformers' own progress bars (library code must not print)."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
+def _block_linear_names(model) -> list[str]:
+    """Weights of nn.Linear / Conv1D modules inside the model's decoder-layer ModuleList."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    names: list[str] = []
+    seen: set[int] = set()
+    for mname, module in model.named_modules():
+        if not isinstance(module, torch.nn.ModuleList):
+            continue
+        for sub, child in module.named_modules():
+            if isinstance(child, (torch.nn.Linear, Conv1D)) and id(child.weight) not in seen:
+                seen.add(id(child.weight))
+                names.append(f"{mname}.{sub}.weight" if sub else f"{mname}.weight")
+    return sorted(names)
+
+
+def perturb_storage(storage: np.ndarray, dtype: str, rng: np.random.Generator, density: float, scale: float) -> np.ndarray:
+    """Return a copy of ``storage`` where about ``density`` of the entries really changed.
+
+    Args:
+        storage: storage array (BF16 as uint16 bits).
+        dtype: its spec dtype name (``BF16``, ``F16``, ``F32``).
+        rng: the random generator to draw from.
+        density: probability of each entry being perturbed.
+        scale: standard deviation of the added Gaussian noise.
+
+    Returns:
+        The new storage array; every chosen entry differs from the old one in its bits.
+    """
+    flat = np.array(storage, copy=True).reshape(-1)
+    chosen = np.flatnonzero(rng.random(flat.size, dtype=np.float32) < density)
+    if chosen.size == 0:
+        return flat.reshape(storage.shape)
+    old = flat[chosen]
+    noise = rng.standard_normal(chosen.size, dtype=np.float32) * np.float32(scale)
+    new = from_float32(to_float32(old, dtype) + noise, dtype)
+    bits = new.view(np.uint16 if new.itemsize == 2 else np.uint32)
+    same = bits == old.view(bits.dtype)
+    bits[same] += 1  # rounding swallowed the noise: move one ulp so the entry really changes
+    flat[chosen] = new
+    return flat.reshape(storage.shape)
+
+
+def make_finetuned(
+    base_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    density: float = 0.1,
+    seed: int = 1,
+    scale: float = 0.01,
+    tensors: Iterable[str] | None = None,
+    max_shard_size: int | str | None = None,
+) -> Path:
+    """Write a synthetic fine-tune of the model folder ``base_dir`` to ``out_dir``.
+
+    About ``density`` of the entries of each chosen tensor get Gaussian noise of std ``scale``
+    added (rounded to the tensor's dtype, and nudged by one ulp where rounding would have left
+    them unchanged); all other entries and tensors are bit-identical to the base. Config,
+    tokenizer and generation config are copied.
+
+    Args:
+        base_dir: a Hugging Face model folder (e.g. from :func:`make_tiny_model`).
+        out_dir: output folder (created).
+        density: fraction of entries perturbed in each chosen tensor.
+        seed: the perturbation depends only on this and the tensor names.
+        scale: noise standard deviation.
+        tensors: names of the tensors to perturb; default: the 2-D weights of the linear layers
+            inside the transformer blocks (the default extraction candidates).
+        max_shard_size: shard the output like ``save_pretrained`` does.
+
+    Returns:
+        ``Path(out_dir)``.
+
+    Raises:
+        NotFoundError: ``base_dir`` or a named tensor does not exist.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from .format.dtypes import storage_dtype
+
+    base = Path(base_dir)
+    if not (base / "config.json").is_file():
+        raise NotFoundError(f"{base}: not a model folder (no config.json)")
+    with _quiet_transformers():
+        model = AutoModelForCausalLM.from_pretrained(base, dtype="auto")
+    params = dict(model.named_parameters())
+    names = _block_linear_names(model) if tensors is None else list(tensors)
+    tname = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32"}
+    for name in names:
+        if name not in params:
+            raise NotFoundError(f"{base}: no parameter named {name!r} to perturb")
+        p = params[name].data
+        dt = tname[p.dtype]
+        np_view = p.view(torch.int16 if p.element_size() == 2 else torch.int32).numpy().view(storage_dtype(dt))
+        rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+        np_view[...] = perturb_storage(np_view, dt, rng, density, scale)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    kw = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
+    with _quiet_transformers():
+        model.save_pretrained(out, **kw)
+    for f in base.iterdir():
+        if f.is_file() and not (f.name.endswith(".safetensors") or f.name.endswith(".index.json")
+                                or f.name in ("config.json", "generation_config.json")):
+            shutil.copy2(f, out / f.name)
+    return out
