@@ -66,6 +66,15 @@ def _parse_shape(name: str, raw: object, where: str) -> tuple[int, ...]:
     return tuple(shape)
 
 
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    out: dict = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {k!r}")
+        out[k] = v
+    return out
+
+
 def parse_header(head: bytes, file_size: int, where: str) -> tuple[dict[str, TensorInfo], dict[str, str], int]:
     """Parse and validate a safetensors header.
 
@@ -88,8 +97,8 @@ def parse_header(head: bytes, file_size: int, where: str) -> tuple[dict[str, Ten
     if 8 + n > file_size or 8 + n > len(head):
         raise TruncatedFileError(f"{where}: header declares {n} bytes but the file has {file_size}")
     try:
-        doc = json.loads(head[8 : 8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        doc = json.loads(head[8 : 8 + n].decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise InvalidHeaderError(f"{where}: header is not valid UTF-8 JSON ({e})") from None
     if not isinstance(doc, dict):
         raise InvalidHeaderError(f"{where}: header is not a JSON object")

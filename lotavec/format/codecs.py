@@ -1,0 +1,176 @@
+"""Codecs of ticket format v1 (spec/ticket-format.md §5–§6): mask streams and value streams.
+
+Every function works on one chunk. Encoders take validated arrays; decoders take untrusted
+bytes plus the sizes the manifest declares and raise :class:`CorruptTicketError` on anything
+inconsistent. Decompression is bounded by the declared size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import zstandard
+
+from ..errors import CorruptTicketError
+
+#: Mask codec names (spec §5).
+MASK_CODECS = ("none", "all", "bitmap", "gaps")
+#: Value codec names (spec §6).
+VALUE_CODECS = ("ulpdiff", "raw", "f32delta")
+
+_ZSTD_LEVEL = 1
+_dctx = zstandard.ZstdDecompressor()
+
+
+def zstd_compress(data: bytes | memoryview | np.ndarray, level: int = _ZSTD_LEVEL) -> bytes:
+    """One zstd frame with the content size written in its header."""
+    buf = memoryview(np.ascontiguousarray(data)).cast("B") if isinstance(data, np.ndarray) else data
+    return zstandard.ZstdCompressor(level=level, write_content_size=True).compress(buf)
+
+
+def zstd_decompress(data: bytes | memoryview, expected: int, what: str) -> bytes:
+    """Decompress exactly one zstd frame that must declare and hold ``expected`` bytes."""
+    try:
+        declared = zstandard.frame_content_size(data)
+    except zstandard.ZstdError as e:
+        raise CorruptTicketError(f"{what}: not a zstd frame ({e})") from None
+    if declared != expected:
+        raise CorruptTicketError(f"{what}: zstd frame declares {declared} bytes, manifest expects {expected}")
+    try:
+        out = _dctx.decompress(data, max_output_size=expected, allow_extra_data=False)
+    except zstandard.ZstdError as e:
+        raise CorruptTicketError(f"{what}: zstd stream is corrupt ({e})") from None
+    if len(out) != expected:
+        raise CorruptTicketError(f"{what}: decompressed to {len(out)} bytes, expected {expected}")
+    return out
+
+
+def shuffle(values: np.ndarray) -> np.ndarray:
+    """Byte-shuffle: all byte 0s, then all byte 1s, ... (little-endian element bytes)."""
+    n, w = values.size, values.dtype.itemsize
+    if w == 1:
+        return values.view(np.uint8).reshape(-1)
+    return np.ascontiguousarray(values.reshape(-1).view(np.uint8).reshape(n, w).T).reshape(-1)
+
+
+def unshuffle(data: bytes | np.ndarray, dtype: np.dtype, n: int) -> np.ndarray:
+    """Inverse of :func:`shuffle` for ``n`` elements of ``dtype``."""
+    w = np.dtype(dtype).itemsize
+    raw = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data
+    if w == 1:
+        return raw.view(dtype)
+    return np.ascontiguousarray(raw.reshape(w, n).T).reshape(-1).view(dtype)
+
+
+# --- masks ---------------------------------------------------------------------------------
+
+
+def encode_gaps(local: np.ndarray) -> bytes:
+    """Gap-code sorted local indices: g0 = i0, gj = ij − i(j−1) − 1, as shuffled u32 → zstd."""
+    if local.size == 0:
+        return b""
+    gaps = np.empty(local.size, dtype="<u4")
+    gaps[0] = local[0]
+    np.subtract(local[1:], local[:-1], out=gaps[1:], casting="unsafe")
+    gaps[1:] -= 1
+    return zstd_compress(shuffle(gaps))
+
+
+def decode_gaps(data: bytes | memoryview, nnz: int, length: int, what: str) -> np.ndarray:
+    """Decode a gaps stream to int64 local indices, checking they stay below ``length``."""
+    raw = zstd_decompress(data, 4 * nnz, what)
+    gaps = unshuffle(raw, np.dtype("<u4"), nnz)
+    idx = gaps.astype(np.int64)
+    idx[1:] += 1
+    np.cumsum(idx, out=idx)
+    if nnz and idx[-1] >= length:
+        raise CorruptTicketError(f"{what}: mask index {idx[-1]} is out of range for a chunk of {length} elements")
+    return idx
+
+
+def encode_bitmap(local: np.ndarray, length: int) -> bytes:
+    """Bitmap of ``length`` bits, LSB-first within each byte, zero-padded, → zstd."""
+    bits = np.zeros(length, dtype=np.bool_)
+    bits[local] = True
+    return zstd_compress(np.packbits(bits, bitorder="little"))
+
+
+def decode_bitmap(data: bytes | memoryview, nnz: int, length: int, what: str) -> np.ndarray:
+    """Decode a bitmap stream to int64 local indices, checking popcount and padding."""
+    nbytes = (length + 7) // 8
+    raw = np.frombuffer(zstd_decompress(data, nbytes, what), dtype=np.uint8)
+    if length % 8 and raw[-1] >> (length % 8):
+        raise CorruptTicketError(f"{what}: padding bits of the last mask byte are not zero")
+    bits = np.unpackbits(raw, bitorder="little", count=length)
+    idx = np.flatnonzero(bits)
+    if idx.size != nnz:
+        raise CorruptTicketError(f"{what}: bitmap holds {idx.size} set bits, manifest declares nnz={nnz}")
+    return idx.astype(np.int64, copy=False)
+
+
+def encode_mask(local: np.ndarray, length: int) -> tuple[str, bytes]:
+    """Pick and apply the mask codec for one chunk; returns ``(codec, stream)``.
+
+    ``none``/``all`` when the chunk is empty/full; otherwise the smaller of gaps and bitmap
+    (both are tried in the density band where either can win).
+    """
+    nnz = local.size
+    if nnz == 0:
+        return "none", b""
+    if nnz == length:
+        return "all", b""
+    p = nnz / length
+    if p < 0.08:
+        return "gaps", encode_gaps(local)
+    if p > 0.35:
+        return "bitmap", encode_bitmap(local, length)
+    g, b = encode_gaps(local), encode_bitmap(local, length)
+    return ("gaps", g) if len(g) <= len(b) else ("bitmap", b)
+
+
+def decode_mask(codec: str, data: bytes | memoryview, nnz: int, length: int, what: str) -> np.ndarray:
+    """Decode one chunk's mask stream to int64 local indices (strictly increasing, < length)."""
+    if codec == "none" or codec == "all":
+        if len(data):
+            raise CorruptTicketError(f"{what}: mask codec {codec!r} must have an empty stream")
+        if codec == "none" and nnz != 0:
+            raise CorruptTicketError(f"{what}: mask codec 'none' with nnz={nnz}")
+        if codec == "all" and nnz != length:
+            raise CorruptTicketError(f"{what}: mask codec 'all' with nnz={nnz} in a chunk of {length}")
+        return np.arange(nnz, dtype=np.int64)
+    if codec == "gaps":
+        return decode_gaps(data, nnz, length, what)
+    if codec == "bitmap":
+        return decode_bitmap(data, nnz, length, what)
+    raise CorruptTicketError(f"{what}: unknown mask codec {codec!r}")
+
+
+# --- values --------------------------------------------------------------------------------
+
+
+def zigzag(s: np.ndarray, bits: int) -> np.ndarray:
+    """Map signed ints to unsigned: 0,-1,1,-2,... → 0,1,2,3,..."""
+    u = np.dtype(f"<u{bits // 8}")
+    return ((s.astype(s.dtype) << 1) ^ (s >> (bits - 1))).view(u)
+
+
+def unzigzag(z: np.ndarray, bits: int) -> np.ndarray:
+    """Inverse of :func:`zigzag`, returned as the unsigned wrap-around difference."""
+    one = z.dtype.type(1)
+    return (z >> one) ^ (-(z & one)).astype(z.dtype)
+
+
+def encode_values(payload: np.ndarray) -> bytes:
+    """Shuffle + zstd any value payload (u16/u32 patterns or float32 deltas)."""
+    if payload.size == 0:
+        return b""
+    return zstd_compress(shuffle(payload))
+
+
+def decode_values(data: bytes | memoryview, dtype: np.dtype, nnz: int, what: str) -> np.ndarray:
+    """Inverse of :func:`encode_values` for ``nnz`` elements of ``dtype``."""
+    if nnz == 0:
+        if len(data):
+            raise CorruptTicketError(f"{what}: value stream must be empty when nnz=0")
+        return np.empty(0, dtype=dtype)
+    raw = zstd_decompress(data, nnz * np.dtype(dtype).itemsize, what)
+    return unshuffle(raw, np.dtype(dtype), nnz)

@@ -1,0 +1,153 @@
+"""Read ticket files (spec §3–§7): validate on open, decode chunks on demand."""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from ..errors import ChecksumError, CorruptTicketError, InvalidHeaderError, LimitExceededError, NotFoundError
+from .codecs import decode_mask, decode_values, unzigzag
+from .dtypes import BITS
+from .manifest import FORMAT_NAME, MANIFEST_KEY, Chunk, Manifest, TensorEntry, parse_manifest
+from .safetensors_io import SafetensorsFile
+
+#: Default cap on the memory one whole-tensor decode may allocate (indices + payload).
+DEFAULT_MAX_TENSOR_BYTES = 8 << 30
+
+_EXP_MASK = {"BF16": 0x7F80, "F16": 0x7C00, "F32": 0x7F800000}
+
+
+def payload_dtype(entry: TensorEntry) -> np.dtype:
+    """Numpy dtype of a tensor's decoded value payload."""
+    return np.dtype("<f4") if entry.values == "f32delta" else BITS[entry.dtype]
+
+
+def nonfinite_bits(bits: np.ndarray, dtype: str) -> np.ndarray:
+    """Boolean array: which bit patterns of ``dtype`` encode Inf or NaN."""
+    m = bits.dtype.type(_EXP_MASK[dtype])
+    return (bits & m) == m
+
+
+class TicketFile:
+    """An open, validated ticket file. Decoding is per chunk, so memory stays bounded.
+
+    Args:
+        path: the ``.safetensors`` ticket file.
+        max_tensor_bytes: refuse whole-tensor decodes that would allocate more than this.
+
+    Raises:
+        NotFoundError, FormatError subclasses (see :mod:`lotavec.errors`).
+    """
+
+    def __init__(self, path: str | os.PathLike, *, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES):
+        self.path = os.fspath(path)
+        self.max_tensor_bytes = max_tensor_bytes
+        self._st = SafetensorsFile(self.path)
+        meta = self._st.metadata
+        if meta.get("format") != FORMAT_NAME or MANIFEST_KEY not in meta:
+            raise InvalidHeaderError(
+                f"{self.path}: not a lotavec ticket (safetensors __metadata__ has no {MANIFEST_KEY!r}); "
+                "to turn a fine-tuned checkpoint into a ticket use `lotavec extract`"
+            )
+        self.manifest: Manifest = parse_manifest(meta[MANIFEST_KEY], self.path)
+        self.entries: dict[str, TensorEntry] = {e.name: e for e in self.manifest.tensors}
+        used: set[str] = set()
+        for e in self.manifest.tensors:
+            if e.data in used:
+                raise InvalidHeaderError(f"{self.path}: tensor {e.name!r} shares its data blob {e.data!r} with another tensor")
+            used.add(e.data)
+            try:
+                info = self._st.info(e.data)
+            except NotFoundError:
+                raise InvalidHeaderError(f"{self.path}: tensor {e.name!r} points to missing data {e.data!r}") from None
+            if info.dtype != "U8" or len(info.shape) != 1 or info.nbytes != e.stored_bytes:
+                raise InvalidHeaderError(
+                    f"{self.path}: data of {e.name!r} must be U8[{e.stored_bytes}], found {info.dtype}{list(info.shape)}"
+                )
+        extra = set(self._st.tensors) - used
+        if extra:
+            raise InvalidHeaderError(f"{self.path}: safetensors tensors not described by the manifest: {sorted(extra)[:5]}")
+
+    # --- access ----------------------------------------------------------------------------
+
+    def entry(self, name: str) -> TensorEntry:
+        """Manifest entry of a ticket tensor."""
+        try:
+            return self.entries[name]
+        except KeyError:
+            raise NotFoundError(f"{self.path}: ticket has no tensor {name!r}") from None
+
+    @property
+    def file_size(self) -> int:
+        return self._st.size
+
+    def read_chunk(self, entry: TensorEntry, chunk: Chunk) -> tuple[np.ndarray, np.ndarray]:
+        """Decode one chunk: ``(local int64 indices, payload)``; verifies the crc32 first."""
+        what = f"{self.path}: tensor {entry.name!r} chunk {chunk.start // self.manifest.chunk_elements}"
+        blob = self._st.buffer(entry.data)[chunk.offset : chunk.offset + chunk.mask_bytes + chunk.value_bytes]
+        if zlib.crc32(blob) != chunk.crc32:
+            raise ChecksumError(f"{what}: checksum mismatch (file is corrupt; download it again)")
+        idx = decode_mask(chunk.mask_codec, blob[: chunk.mask_bytes], chunk.nnz, chunk.length, what)
+        pl = decode_values(blob[chunk.mask_bytes :], payload_dtype(entry), chunk.nnz, what)
+        if entry.values == "raw" and nonfinite_bits(pl, entry.dtype).any():
+            raise CorruptTicketError(f"{what}: non-finite values (the format requires finite values)")
+        if entry.values == "f32delta" and not np.isfinite(pl).all():
+            raise CorruptTicketError(f"{what}: non-finite deltas (the format requires finite values)")
+        if entry.values == "ulpdiff":
+            pl = unzigzag(pl, 8 * pl.dtype.itemsize)
+        return idx, pl
+
+    def iter_chunks(self, name: str) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """Yield ``(chunk start, local indices, payload)`` chunk by chunk (bounded memory)."""
+        e = self.entry(name)
+        for c in e.chunks:
+            idx, pl = self.read_chunk(e, c)
+            yield c.start, idx, pl
+
+    def read_tensor(self, name: str, *, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Decode a whole tensor: ``(global int64 flat indices, payload)``, chunks in parallel."""
+        e = self.entry(name)
+        need = e.nnz * (8 + payload_dtype(e).itemsize)
+        if need > self.max_tensor_bytes:
+            raise LimitExceededError(
+                f"{self.path}: tensor {name!r} would decode to {need} bytes, above max_tensor_bytes="
+                f"{self.max_tensor_bytes}; raise the limit or stream it with iter_chunks"
+            )
+        indices = np.empty(e.nnz, dtype=np.int64)
+        payload = np.empty(e.nnz, dtype=payload_dtype(e))
+        starts = np.cumsum([0] + [c.nnz for c in e.chunks])
+
+        def one(i: int) -> None:
+            c = e.chunks[i]
+            idx, pl = self.read_chunk(e, c)
+            indices[starts[i] : starts[i + 1]] = idx + c.start
+            payload[starts[i] : starts[i + 1]] = pl
+
+        n = len(e.chunks)
+        workers = min(threads or os.cpu_count() or 1, n)
+        if workers <= 1:
+            for i in range(n):
+                one(i)
+        else:
+            with ThreadPoolExecutor(workers) as ex:
+                list(ex.map(one, range(n)))
+        return indices, payload
+
+    def verify(self) -> None:
+        """Decode every chunk of every tensor, checking checksums and streams."""
+        for e in self.manifest.tensors:
+            for c in e.chunks:
+                self.read_chunk(e, c)
+
+    def close(self) -> None:
+        self._st.close()
+
+    def __enter__(self) -> TicketFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,201 @@
+"""Write ticket files (spec §3–§7), streaming tensor by tensor, atomically."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from ..errors import FormatError, InvalidHeaderError
+from .codecs import encode_mask, encode_values, zigzag
+from .dtypes import BITS, TICKET_DTYPES
+from .manifest import (
+    DEFAULT_CHUNK_ELEMENTS,
+    FORMAT_MAJOR,
+    FORMAT_MINOR,
+    FORMAT_NAME,
+    MANIFEST_KEY,
+    MAX_CHUNK_ELEMENTS,
+    Chunk,
+    Manifest,
+    TensorEntry,
+)
+from .reader import nonfinite_bits
+from .safetensors_io import build_header
+
+DATA_SUFFIX = ".ticket"
+
+
+def check_indices(name: str, indices: np.ndarray, numel: int) -> np.ndarray:
+    """Validate sorted, unique, in-range int64 flat indices (raises :class:`FormatError`)."""
+    idx = np.asarray(indices)
+    if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
+        raise FormatError(f"tensor {name!r}: indices must be a 1-D integer array")
+    idx = idx.astype(np.int64, copy=False)
+    if idx.size:
+        if idx[0] < 0 or idx[-1] >= numel:
+            raise FormatError(f"tensor {name!r}: indices out of range [0, {numel})")
+        if idx.size > 1 and not (np.diff(idx) > 0).all():
+            raise FormatError(f"tensor {name!r}: indices must be strictly increasing")
+    return idx
+
+
+def _encode_chunk(local: np.ndarray, length: int, payload: np.ndarray) -> tuple[str, bytes, bytes]:
+    codec, mask = encode_mask(local, length)
+    return codec, mask, encode_values(payload)
+
+
+class TicketFileWriter:
+    """Stream tensors into a ticket file; the file appears atomically on :meth:`close`.
+
+    Args:
+        path: destination ``.safetensors`` file.
+        base: ``{"repo_id": ..., "revision": ...}`` of the base model (values may be None).
+        provenance: free-form JSON-serializable dict (lotavec version, selection, training...).
+        chunk_elements: elements per chunk (multiple of 8, ≤ 2**24).
+        threads: encoder threads (default: all cores).
+
+    Example:
+        >>> w = TicketFileWriter("t.safetensors")  # doctest: +SKIP
+        >>> w.add("w", (4, 4), "F32", np.array([3, 7]), "raw", np.array([1, 2], "<u4"))
+        >>> w.close()
+    """
+
+    def __init__(self, path: str | os.PathLike, *, base: dict[str, Any] | None = None,
+                 provenance: dict[str, Any] | None = None, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+                 threads: int | None = None):
+        if chunk_elements % 8 or not 8 <= chunk_elements <= MAX_CHUNK_ELEMENTS:
+            raise FormatError(f"chunk_elements must be a multiple of 8 in [8, {MAX_CHUNK_ELEMENTS}], got {chunk_elements}")
+        self.path = os.fspath(path)
+        self.base = dict(base or {})
+        self.provenance = dict(provenance or {})
+        self.chunk_elements = chunk_elements
+        self.threads = threads or os.cpu_count() or 1
+        d = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(d, exist_ok=True)
+        self._spool = tempfile.NamedTemporaryFile(dir=d, prefix=".lotavec-spool-", delete=False)
+        self._entries: list[TensorEntry] = []
+        self._names: set[str] = set()
+        self._closed = False
+
+    def add(self, name: str, shape: tuple[int, ...], dtype: str, indices: np.ndarray, values: str,
+            payload: np.ndarray, *, base_sample: str | None = None, base_digest: str | None = None) -> TensorEntry:
+        """Encode and append one tensor.
+
+        Args:
+            name: tensor name in the model.
+            shape, dtype: of the model tensor (dtype one of BF16, F16, F32).
+            indices: strictly increasing int64 flat indices.
+            values: ``"ulpdiff"`` (payload: wrap-around bit-pattern difference fine-tuned − base,
+                unsigned of the dtype's width), ``"raw"`` (payload: fine-tuned bit patterns) or
+                ``"f32delta"`` (payload: float32 deltas).
+            payload: one value per index.
+        """
+        if self._closed:
+            raise FormatError("writer is closed")
+        if name in self._names:
+            raise FormatError(f"tensor {name!r} added twice")
+        if dtype not in TICKET_DTYPES:
+            raise FormatError(f"tensor {name!r}: dtype {dtype!r} is not one of {TICKET_DTYPES}")
+        shape = tuple(int(s) for s in shape)
+        numel = math.prod(shape)
+        idx = check_indices(name, indices, numel)
+        want = np.dtype("<f4") if values == "f32delta" else BITS[dtype]
+        if values not in ("ulpdiff", "raw", "f32delta"):
+            raise FormatError(f"tensor {name!r}: unknown value codec {values!r}")
+        pl = np.ascontiguousarray(payload)
+        if pl.shape != idx.shape:
+            raise FormatError(f"tensor {name!r}: {pl.size} values for {idx.size} indices")
+        if pl.dtype.itemsize != want.itemsize:
+            raise FormatError(f"tensor {name!r}: {values} payload must be {want}, got {pl.dtype}")
+        pl = pl.view(want)
+        if values == "raw" and nonfinite_bits(pl, dtype).any():
+            raise FormatError(f"tensor {name!r}: fine-tuned values contain Inf/NaN; tickets hold finite values only")
+        if values == "f32delta" and not np.isfinite(pl).all():
+            raise FormatError(f"tensor {name!r}: deltas contain Inf/NaN; tickets hold finite values only")
+        if values == "ulpdiff":
+            pl = zigzag(pl.view(np.dtype(f"<i{pl.dtype.itemsize}")), 8 * pl.dtype.itemsize)
+        ce = self.chunk_elements
+        n_chunks = -(-numel // ce)
+        bounds = np.searchsorted(idx, np.arange(n_chunks + 1, dtype=np.int64) * ce)
+        jobs = [
+            (idx[bounds[i] : bounds[i + 1]] - i * ce, min(ce, numel - i * ce), pl[bounds[i] : bounds[i + 1]])
+            for i in range(n_chunks)
+        ]
+        if self.threads > 1 and n_chunks > 1:
+            with ThreadPoolExecutor(min(self.threads, n_chunks)) as ex:
+                encoded = list(ex.map(lambda j: _encode_chunk(*j), jobs))
+        else:
+            encoded = [_encode_chunk(*j) for j in jobs]
+        chunks = []
+        offset = 0
+        for i, (codec, mb, vb) in enumerate(encoded):
+            crc = zlib.crc32(vb, zlib.crc32(mb))
+            self._spool.write(mb)
+            self._spool.write(vb)
+            chunks.append(Chunk(i * ce, jobs[i][1], int(bounds[i + 1] - bounds[i]), codec, len(mb), len(vb), crc, offset))
+            offset += len(mb) + len(vb)
+        entry = TensorEntry(name, shape, dtype, int(idx.size), values, name + DATA_SUFFIX, tuple(chunks), base_sample, base_digest)
+        self._entries.append(entry)
+        self._names.add(name)
+        return entry
+
+    def close(self) -> str:
+        """Write the header and data, fsync, and rename into place. Returns the path."""
+        if self._closed:
+            return self.path
+        self._closed = True
+        manifest = Manifest((FORMAT_MAJOR, FORMAT_MINOR), self.chunk_elements, tuple(self._entries), self.base, self.provenance)
+        try:
+            text = manifest.to_json()
+        except (TypeError, ValueError) as e:
+            self._cleanup()
+            raise InvalidHeaderError(f"ticket metadata is not JSON-serializable: {e}") from None
+        header, _ = build_header(
+            [(e.data, "U8", (e.stored_bytes,), e.stored_bytes) for e in self._entries],
+            {"format": FORMAT_NAME, MANIFEST_KEY: text},
+        )
+        self._spool.flush()
+        d = os.path.dirname(os.path.abspath(self.path))
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=".lotavec-ticket-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(header)
+                self._spool.seek(0)
+                shutil.copyfileobj(self._spool, out, 1 << 22)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        finally:
+            self._cleanup()
+        return self.path
+
+    def abort(self) -> None:
+        """Discard everything written so far."""
+        self._closed = True
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        name = self._spool.name
+        self._spool.close()
+        if os.path.exists(name):
+            os.unlink(name)
+
+    def __enter__(self) -> TicketFileWriter:
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
