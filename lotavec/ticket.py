@@ -23,11 +23,17 @@ from typing import Any
 import numpy as np
 
 from ._version import __version__
-from .errors import FingerprintMismatchError, FormatError, NotFoundError, TensorMismatchError
+from .errors import (
+    CorruptTicketError,
+    FingerprintMismatchError,
+    FormatError,
+    NotFoundError,
+    TensorMismatchError,
+)
 from .format.dtypes import BITS, TICKET_DTYPES, from_float32, to_float32
 from .format.fingerprint import base_digest, base_sample
 from .format.manifest import DEFAULT_CHUNK_ELEMENTS, TensorEntry
-from .format.reader import TicketFile
+from .format.reader import TicketFile, nonfinite_bits
 from .format.writer import TicketFileWriter, check_indices
 
 VALUE_CODECS = ("ulpdiff", "raw", "f32delta")
@@ -133,7 +139,13 @@ class TicketTensor:
         if base_at is None:
             raise FormatError(f"tensor {self.name!r}: codec {self.values} needs the base values")
         if self.values == "ulpdiff":
-            return (_bits(base_at, self.dtype) + self.payload).view(_storage_of(self.dtype))
+            out = _bits(base_at, self.dtype) + self.payload
+            if nonfinite_bits(out, self.dtype).any():
+                raise CorruptTicketError(
+                    f"tensor {self.name!r}: applying the ticket gives non-finite values; "
+                    "the base is not the one this ticket was made from, or the ticket is corrupt"
+                )
+            return out.view(_storage_of(self.dtype))
         return from_float32(to_float32(base_at, self.dtype) + self.payload, self.dtype)
 
     def delta(self, base_at: np.ndarray | None = None) -> np.ndarray:

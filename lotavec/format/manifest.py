@@ -12,7 +12,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import InvalidHeaderError, LimitExceededError, UnsupportedFeatureError, UnsupportedVersionError
+from ..errors import (
+    InvalidHeaderError,
+    LimitExceededError,
+    UnsupportedFeatureError,
+    UnsupportedVersionError,
+)
 from .codecs import MASK_CODECS, VALUE_CODECS
 from .dtypes import TICKET_DTYPES
 

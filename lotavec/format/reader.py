@@ -9,7 +9,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ..errors import ChecksumError, CorruptTicketError, InvalidHeaderError, LimitExceededError, NotFoundError
+from ..errors import (
+    ChecksumError,
+    CorruptTicketError,
+    InvalidHeaderError,
+    LimitExceededError,
+    NotFoundError,
+)
 from .codecs import decode_mask, decode_values, unzigzag
 from .dtypes import BITS
 from .manifest import FORMAT_NAME, MANIFEST_KEY, Chunk, Manifest, TensorEntry, parse_manifest
