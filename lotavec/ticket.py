@@ -183,12 +183,12 @@ class TicketTensor:
         ``weight == 1`` with a lossless codec writes the fine-tuned values bit-exactly;
         otherwise ``base + weight·delta`` is computed in float32 and rounded.
         """
-        b = flat[self.indices]
+        b = np.take(flat, self.indices)
         if weight == 1.0:
-            flat[self.indices] = self.finetuned(b)
+            np.put(flat, self.indices, self.finetuned(b))
         else:
             x = to_float32(b, self.dtype) + np.float32(weight) * self.delta(b)
-            flat[self.indices] = from_float32(x, self.dtype)
+            np.put(flat, self.indices, from_float32(x, self.dtype))
 
 
 def _storage_of(dtype: str) -> np.dtype:

@@ -13,7 +13,8 @@ import zstandard
 from ..errors import CorruptTicketError
 
 #: Mask codec names (spec §5).
-MASK_CODECS = ("none", "all", "bitmap", "gaps")
+MASK_CODECS = ("none", "all", "bitmap", "gaps8", "gaps16", "gaps32")
+_GAP_WIDTH = {"gaps8": 1, "gaps16": 2, "gaps32": 4}
 #: Value codec names (spec §6).
 VALUE_CODECS = ("ulpdiff", "raw", "f32delta")
 
@@ -46,42 +47,61 @@ def zstd_decompress(data: bytes | memoryview, expected: int, what: str) -> bytes
 
 def shuffle(values: np.ndarray) -> np.ndarray:
     """Byte-shuffle: all byte 0s, then all byte 1s, ... (little-endian element bytes)."""
-    n, w = values.size, values.dtype.itemsize
+    v = np.ascontiguousarray(values).reshape(-1)
+    n, w = v.size, v.dtype.itemsize
     if w == 1:
-        return values.view(np.uint8).reshape(-1)
-    return np.ascontiguousarray(values.reshape(-1).view(np.uint8).reshape(n, w).T).reshape(-1)
+        return v.view(np.uint8)
+    u = v.view(np.dtype(f"<u{w}"))
+    out = np.empty(n * w, dtype=np.uint8)
+    for i in range(w):  # shift-and-truncate is several times faster than a strided transpose
+        np.copyto(out[i * n : (i + 1) * n], u >> np.uint8(8 * i) if i else u, casting="unsafe")
+    return out
 
 
 def unshuffle(data: bytes | np.ndarray, dtype: np.dtype, n: int) -> np.ndarray:
     """Inverse of :func:`shuffle` for ``n`` elements of ``dtype``."""
-    w = np.dtype(dtype).itemsize
+    dtype = np.dtype(dtype)
+    w = dtype.itemsize
     raw = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data
     if w == 1:
         return raw.view(dtype)
-    return np.ascontiguousarray(raw.reshape(w, n).T).reshape(-1).view(dtype)
+    u = np.dtype(f"<u{w}")
+    planes = raw.reshape(w, n)
+    out = planes[0].astype(u)
+    for i in range(1, w):
+        p = planes[i]
+        nz = np.flatnonzero(p) if w > 2 else None  # high planes of gaps are mostly zero
+        if nz is not None and nz.size < n // 4:
+            out[nz] |= p[nz].astype(u) << u.type(8 * i)
+        else:
+            out |= p.astype(u) << u.type(8 * i)
+    return out.view(dtype)
 
 
 # --- masks ---------------------------------------------------------------------------------
 
 
-def encode_gaps(local: np.ndarray) -> bytes:
-    """Gap-code sorted local indices: g0 = i0, gj = ij − i(j−1) − 1, as shuffled u32 → zstd."""
-    if local.size == 0:
-        return b""
-    gaps = np.empty(local.size, dtype="<u4")
+def encode_gaps(local: np.ndarray) -> tuple[str, bytes]:
+    """Gap-code sorted local indices: g0 = i0, gj = ij − i(j−1) − 1.
+
+    Gaps are stored as unsigned integers of the narrowest width (1, 2 or 4 bytes) that holds
+    the largest one, byte-shuffled, → zstd. Returns ``(codec name, stream)``.
+    """
+    gaps = np.empty(local.size, dtype=np.int64)
     gaps[0] = local[0]
-    np.subtract(local[1:], local[:-1], out=gaps[1:], casting="unsafe")
+    np.subtract(local[1:], local[:-1], out=gaps[1:])
     gaps[1:] -= 1
-    return zstd_compress(shuffle(gaps))
+    top = int(gaps.max())
+    codec, dt = ("gaps8", "<u1") if top < 256 else (("gaps16", "<u2") if top < 65536 else ("gaps32", "<u4"))
+    return codec, zstd_compress(shuffle(gaps.astype(dt)))
 
 
-def decode_gaps(data: bytes | memoryview, nnz: int, length: int, what: str) -> np.ndarray:
-    """Decode a gaps stream to int64 local indices, checking they stay below ``length``."""
-    raw = zstd_decompress(data, 4 * nnz, what)
-    gaps = unshuffle(raw, np.dtype("<u4"), nnz)
-    idx = gaps.astype(np.int64)
-    idx[1:] += 1
-    np.cumsum(idx, out=idx)
+def decode_gaps(data: bytes | memoryview, nnz: int, length: int, what: str, width: int = 4) -> np.ndarray:
+    """Decode a gaps stream of ``width``-byte gaps to int64 local indices below ``length``."""
+    raw = zstd_decompress(data, width * nnz, what)
+    gaps = unshuffle(raw, np.dtype(f"<u{width}"), nnz)
+    idx = np.cumsum(gaps, dtype=np.int64)
+    idx += np.arange(nnz, dtype=np.int64)
     if nnz and idx[-1] >= length:
         raise CorruptTicketError(f"{what}: mask index {idx[-1]} is out of range for a chunk of {length} elements")
     return idx
@@ -119,12 +139,12 @@ def encode_mask(local: np.ndarray, length: int) -> tuple[str, bytes]:
     if nnz == length:
         return "all", b""
     p = nnz / length
-    if p < 0.08:
-        return "gaps", encode_gaps(local)
+    if p < 0.15:
+        return encode_gaps(local)
     if p > 0.35:
         return "bitmap", encode_bitmap(local, length)
-    g, b = encode_gaps(local), encode_bitmap(local, length)
-    return ("gaps", g) if len(g) <= len(b) else ("bitmap", b)
+    (gc, g), b = encode_gaps(local), encode_bitmap(local, length)
+    return (gc, g) if len(g) <= len(b) else ("bitmap", b)
 
 
 def decode_mask(codec: str, data: bytes | memoryview, nnz: int, length: int, what: str) -> np.ndarray:
@@ -137,8 +157,8 @@ def decode_mask(codec: str, data: bytes | memoryview, nnz: int, length: int, wha
         if codec == "all" and nnz != length:
             raise CorruptTicketError(f"{what}: mask codec 'all' with nnz={nnz} in a chunk of {length}")
         return np.arange(nnz, dtype=np.int64)
-    if codec == "gaps":
-        return decode_gaps(data, nnz, length, what)
+    if codec in _GAP_WIDTH:
+        return decode_gaps(data, nnz, length, what, _GAP_WIDTH[codec])
     if codec == "bitmap":
         return decode_bitmap(data, nnz, length, what)
     raise CorruptTicketError(f"{what}: unknown mask codec {codec!r}")

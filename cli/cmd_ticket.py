@@ -1,0 +1,63 @@
+"""``lotavec inspect`` and ``lotavec verify``."""
+
+from __future__ import annotations
+
+import click
+
+from ._common import echo_json, human_bytes, user_errors
+
+
+@click.command()
+@click.argument("ticket")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@user_errors
+def inspect(ticket: str, as_json: bool) -> None:
+    """Show what a TICKET holds: per-tensor shape, dtype, nnz, density, codecs and size."""
+    from lotavec.report import ticket_report
+    from lotavec.ticket import load_ticket
+
+    with load_ticket(ticket) as t:
+        rep = ticket_report(t)
+    if as_json:
+        echo_json(rep)
+        return
+    rows = rep["tensors"]
+    w = max([len(r["name"]) for r in rows] + [6])
+    click.echo(f"{'tensor':<{w}}  {'shape':<14} {'dtype':<5} {'nnz':>10} {'density':>8} {'mask':<12} {'values':<8} {'bytes':>10} {'bits/param':>10}")
+    for r in rows:
+        shape = "x".join(map(str, r["shape"])) or "()"
+        click.echo(
+            f"{r['name']:<{w}}  {shape:<14} {r['dtype']:<5} {r['nnz']:>10} {r['density']:>8.4f} "
+            f"{','.join(r['mask_codecs']) or '-':<12} {r['values']:<8} {r['bytes']:>10} {r['bits_per_param']:>10.4f}"
+        )
+    base = rep["base"]
+    click.echo("")
+    click.echo(f"format {rep['format_version']}.{rep['format_minor']}   base {base.get('repo_id') or '(unknown)'}"
+               f"{'@' + base['revision'] if base.get('revision') else ''}")
+    click.echo(f"{len(rows)} tensors, {rep['total_nnz']:,} of {rep['total_numel']:,} entries "
+               f"(density {rep['density']:.4%}), {human_bytes(rep['total_bytes'])} = {rep['bits_per_param']:.4f} bits/param")
+    if rep["mask_vs_floor"] is not None:
+        click.echo(f"mask {rep['mask_bits'] / 8:,.0f} bytes = {rep['mask_vs_floor']:.3f} x its entropy floor; "
+                   f"values {rep['value_bits_per_nnz']:.2f} bits each")
+
+
+@click.command()
+@click.argument("ticket")
+@click.option("--base", "base", default=None, help="Base model (HF folder or Hub id) to check the ticket against.")
+@click.option("--quick", is_flag=True, help="With --base: check shapes, dtypes and sampled fingerprints only.")
+@user_errors
+def verify(ticket: str, base: str | None, quick: bool) -> None:
+    """Check a TICKET's structure and checksums, and optionally that it fits a --base model.
+
+    Exit status 0 when sound; 1 with a message naming what is wrong.
+    """
+    from lotavec.ticket import load_ticket
+    from lotavec.verify import verify_against_base
+
+    with load_ticket(ticket) as t:
+        t.verify()
+        click.echo(f"{ticket}: structure and checksums OK ({len(t)} tensors, nnz {t.nnz:,})")
+        if base is not None:
+            n = verify_against_base(t, base, full=not quick)
+            kind = "sampled fingerprints" if quick else "full digests"
+            click.echo(f"{ticket}: matches base {base} ({n} tensors: shapes, dtypes, {kind})")
