@@ -1,0 +1,354 @@
+"""Write Hugging Face model folders: streaming sharded safetensors, atomic folders, side files.
+
+* :class:`ShardedWriter` writes tensors straight from storage arrays into safetensors shards whose
+  headers were planned up front, so no model is ever buffered whole; shards and
+  ``model.safetensors.index.json`` are named and laid out like ``save_pretrained``'s.
+* :func:`atomic_output_dir` builds a folder beside its target and renames it into place at the end:
+  a reader (or a crash) sees the old folder, no folder, or the complete new one.
+* :func:`copy_model_files` carries config, generation config, tokenizer and chat template over.
+
+Example:
+    >>> plan = [(n, *src.info(n)) for n in src.names()]  # doctest: +SKIP
+    >>> with atomic_output_dir("out") as tmp, ShardedWriter(tmp, plan) as w:  # doctest: +SKIP
+    ...     for n in src.names():
+    ...         w.write(n, src.array(n))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import fnmatch
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ModelError, OutputExistsError
+from .format.dtypes import storage_dtype
+from .format.safetensors_io import build_header
+
+INDEX_NAME = "model.safetensors.index.json"
+#: Files that hold weights (never copied by :func:`copy_model_files`).
+WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json", "*.pt",
+                   "*.pth", "*.ckpt", "*.h5", "*.msgpack", "*.gguf", "*.onnx")
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_size(size: int | str) -> int:
+    """Bytes in a size like ``5_000_000``, ``"5GB"`` (10**9) or ``"2GiB"`` (2**30), as transformers reads them.
+
+    Raises:
+        ModelError: not a positive size.
+    """
+    if isinstance(size, int) and not isinstance(size, bool):
+        n = size
+    else:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(size))
+        if not m or m.group(2).upper() not in _UNITS:
+            raise ModelError(f"max shard size {size!r} is not a size like 5GB, 500MB or 2GiB")
+        n = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    if n <= 0:
+        raise ModelError(f"max shard size must be positive, got {size!r}")
+    return n
+
+
+def plan_shards(entries: list[tuple[str, str, tuple[int, ...]]], max_shard_size: int) -> list[list[int]]:
+    """Split tensors, in order, into shards of at most ``max_shard_size`` data bytes.
+
+    Like ``save_pretrained``: a tensor that would overflow the current shard starts a new one, and
+    a tensor larger than the limit gets a shard of its own.
+
+    Returns:
+        Lists of entry indices, one list per shard.
+    """
+    if not entries:
+        return [[]]
+    shards: list[list[int]] = []
+    size = 0
+    for i, (_, dtype, shape) in enumerate(entries):
+        nbytes = int(np.prod(shape, dtype=np.int64)) * storage_dtype(dtype).itemsize
+        if not shards or (size + nbytes > max_shard_size and shards[-1]):
+            shards.append([])
+            size = 0
+        shards[-1].append(i)
+        size += nbytes
+    return shards
+
+
+class ShardedWriter:
+    """Stream tensors into safetensors shards planned up front.
+
+    Tensors must be written in plan order; a tensor may arrive in several consecutive pieces (C
+    order, e.g. blocks of rows), so even one huge tensor never has to be whole in memory.
+
+    Args:
+        out_dir: existing folder to write into.
+        plan: ``(name, dtype name, shape)`` of every tensor, in the order they will be written.
+        max_shard_size: bytes per shard (int, or ``"5GB"``-style string).
+        metadata: extra ``__metadata__`` strings for every shard (``{"format": "pt"}`` is always
+            set, as transformers expects it).
+        weights_name: file name when there is one shard; shards are named
+            ``model-00001-of-00003.safetensors`` from its stem.
+        progress: optional ``progress("write", bytes_done, bytes_total)`` after each tensor.
+
+    Raises:
+        ModelError: an empty or duplicate-name plan, or a bad ``max_shard_size``.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, plan: Iterable[tuple[str, str, tuple[int, ...]]], *,
+                 max_shard_size: int | str = 5_000_000_000, metadata: Mapping[str, str] | None = None,
+                 weights_name: str = "model.safetensors",
+                 progress: Callable[[str, int, int], None] | None = None):
+        self.out_dir = Path(out_dir)
+        self._entries = [(str(n), str(d), tuple(int(x) for x in s)) for n, d, s in plan]
+        names = [e[0] for e in self._entries]
+        if len(set(names)) != len(names):
+            dup = sorted({n for n in names if names.count(n) > 1})
+            raise ModelError(f"write plan names tensors more than once: {dup[:5]}")
+        self._nbytes = [int(np.prod(s, dtype=np.int64)) * storage_dtype(d).itemsize for _, d, s in self._entries]
+        groups = plan_shards(self._entries, parse_size(max_shard_size))
+        stem = weights_name.removesuffix(".safetensors")
+        n = len(groups)
+        self.shard_names = [weights_name] if n == 1 else [f"{stem}-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+        meta = {"format": "pt", **dict(metadata or {})}
+        self._shard_of = [0] * len(self._entries)
+        self._headers = []
+        for s, idx in enumerate(groups):
+            for i in idx:
+                self._shard_of[i] = s
+            header, _ = build_header([(*self._entries[i], self._nbytes[i]) for i in idx], meta)
+            self._headers.append(header)
+        self.total_size = sum(self._nbytes)
+        self._progress = progress
+        self._next = 0  # index of the tensor being written
+        self._done_bytes = 0  # bytes of that tensor written so far
+        self._written = 0
+        self._fd: int | None = None
+        self._open_shard = -1
+        self._closed = False
+
+    @property
+    def files(self) -> list[Path]:
+        """Paths of the shard files (all of them once closed)."""
+        return [self.out_dir / s for s in self.shard_names]
+
+    def write(self, name: str, data: np.ndarray) -> None:
+        """Append (a consecutive piece of) the next planned tensor.
+
+        Args:
+            name: must be the next tensor of the plan (or the one being written in pieces).
+            data: storage array of the planned dtype; either the whole tensor (its shape must
+                match) or a C-order piece of it.
+
+        Raises:
+            ModelError: out-of-order name, wrong dtype or shape, or more bytes than planned.
+        """
+        if self._closed or self._next >= len(self._entries):
+            raise ModelError(f"cannot write {name!r}: every planned tensor has been written")
+        pname, dtype, shape = self._entries[self._next]
+        if name != pname:
+            raise ModelError(f"tensors must be written in plan order: expected {pname!r}, got {name!r}")
+        if data.dtype != storage_dtype(dtype):
+            raise ModelError(f"tensor {name!r}: planned as {dtype} (numpy {storage_dtype(dtype)}), got numpy {data.dtype}")
+        want = self._nbytes[self._next]
+        if self._done_bytes == 0 and data.nbytes == want and tuple(data.shape) != shape:
+            raise ModelError(f"tensor {name!r}: planned shape {list(shape)}, got {list(data.shape)}")
+        if self._done_bytes + data.nbytes > want:
+            raise ModelError(f"tensor {name!r}: {self._done_bytes + data.nbytes} bytes written, plan says {want}")
+        self._ensure_shard(self._shard_of[self._next])
+        _write_all(self._fd, memoryview(np.ascontiguousarray(data).reshape(-1).view(np.uint8)))
+        self._done_bytes += data.nbytes
+        self._written += data.nbytes
+        if self._done_bytes == want:
+            self._next += 1
+            self._done_bytes = 0
+            if self._progress is not None:
+                self._progress("write", self._written, self.total_size)
+
+    def _ensure_shard(self, shard: int) -> None:
+        if shard == self._open_shard:
+            return
+        self._close_fd()
+        path = self.out_dir / self.shard_names[shard]
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._open_shard = shard
+        _write_all(self._fd, memoryview(self._headers[shard]))
+
+    def _close_fd(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def close(self) -> None:
+        """Finish: check every planned tensor was written, write the index when sharded.
+
+        Raises:
+            ModelError: tensors of the plan were never written (names the first one).
+        """
+        if self._closed:
+            return
+        self._close_fd()
+        self._closed = True
+        if self._next < len(self._entries):
+            missing = len(self._entries) - self._next
+            raise ModelError(f"{self.out_dir}: {missing} planned tensor(s) never written, "
+                             f"starting with {self._entries[self._next][0]!r}")
+        for s in range(len(self.shard_names)):  # shards of zero-byte tensors only / empty plans
+            if not (self.out_dir / self.shard_names[s]).exists():
+                self._ensure_shard(s)
+                self._close_fd()
+        if len(self.shard_names) > 1:
+            index = {"metadata": {"total_size": self.total_size},
+                     "weight_map": {n: self.shard_names[self._shard_of[i]] for i, (n, _, _) in enumerate(self._entries)}}
+            (self.out_dir / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+    def abort(self) -> None:
+        """Stop without finishing (files written so far stay; remove the folder to discard them)."""
+        self._close_fd()
+        self._closed = True
+
+    def __enter__(self) -> ShardedWriter:
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def _write_all(fd: int, buf: memoryview) -> None:
+    # Large sequential writes straight from the caller's memory; os.write may write less than asked.
+    step = 1 << 30
+    pos = 0
+    while pos < len(buf):
+        pos += os.write(fd, buf[pos : pos + step])
+
+
+# --- atomic folders ---------------------------------------------------------------------------
+
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            fd = os.open(os.path.join(dirpath, f), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_output_dir(out_dir: str | os.PathLike, *, overwrite: bool = False, fsync: bool = True) -> Iterator[Path]:
+    """Build a folder under a temporary name beside ``out_dir`` and move it into place at the end.
+
+    On success the temporary folder is fsynced and renamed to ``out_dir``; an existing
+    ``out_dir`` (with ``overwrite``) is swapped out atomically where the OS allows (Linux), else
+    moved aside first, and then deleted. On any exception the temporary folder is removed and
+    ``out_dir`` is untouched. A killed process may leave a ``.NAME.tmp-*`` folder beside it, never
+    a partial ``out_dir``.
+
+    Args:
+        out_dir: the folder to create.
+        overwrite: replace an existing ``out_dir``.
+        fsync: flush files to disk before the rename (off only for throwaway outputs).
+
+    Yields:
+        The temporary folder to write into.
+
+    Raises:
+        OutputExistsError: ``out_dir`` exists (checked before and after the work) and
+            ``overwrite`` is false.
+    """
+    out = Path(out_dir).absolute()
+    if (out.exists() or out.is_symlink()) and not overwrite:
+        raise OutputExistsError(f"{out} already exists; choose another output or allow overwriting (--force)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        if fsync:
+            _fsync_tree(tmp)
+        if out.exists() or out.is_symlink():
+            if not overwrite:
+                raise OutputExistsError(f"{out} appeared while the output was being written; nothing was replaced")
+            if _exchange(tmp, out):
+                shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old folder
+            else:
+                old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+                os.rmdir(old)
+                os.rename(out, old)
+                os.rename(tmp, out)
+                if old.is_dir() and not old.is_symlink():
+                    shutil.rmtree(old, ignore_errors=True)
+                else:
+                    old.unlink()
+        else:
+            os.rename(tmp, out)
+        if fsync:
+            _fsync_dir(out.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def copy_model_files(src_dir: str | os.PathLike, dst_dir: str | os.PathLike, *,
+                     exclude: Iterable[str] = ()) -> list[str]:
+    """Copy everything of a model folder but its weights: config, generation config, tokenizer, chat template...
+
+    Top-level regular files only; hidden files, sub-folders and weight files
+    (:data:`WEIGHT_PATTERNS`) are skipped.
+
+    Args:
+        src_dir: the model folder to copy from.
+        dst_dir: existing destination folder.
+        exclude: more glob patterns of file names to skip (e.g. ``"README.md"``).
+
+    Returns:
+        The copied file names, sorted.
+    """
+    skip = tuple(WEIGHT_PATTERNS) + tuple(exclude)
+    copied = []
+    for f in sorted(Path(src_dir).iterdir()):
+        if f.name.startswith(".") or not f.is_file() or any(fnmatch.fnmatch(f.name, p) for p in skip):
+            continue
+        shutil.copyfile(f, Path(dst_dir) / f.name)
+        copied.append(f.name)
+    return copied
