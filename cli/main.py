@@ -6,11 +6,23 @@ import click
 
 import lotavec
 
+from .cmd_extract import extract
+from .cmd_ticket import inspect, verify
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(lotavec.__version__, prog_name="lotavec")
 def cli() -> None:
-    """lotavec: sparse task vectors — extract, train, merge and share lottery tickets."""
+    """lotavec: sparse task vectors — extract, train, merge and share lottery tickets.
+
+    \b
+    Exit status: 0 success, 1 a user-facing error (message, no traceback), 2 usage error.
+    """
+
+
+cli.add_command(extract)
+cli.add_command(inspect)
+cli.add_command(verify)
 
 
 def main() -> None:

@@ -1,0 +1,48 @@
+"""Turn CLI arguments that may be Hub ids into local paths (an existing local path wins)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import Any
+
+
+def resolve_model_arg(spec: str) -> tuple[str, dict[str, Any]]:
+    """Local folder for a model argument, and its ``{"repo_id", "revision"}`` when from the Hub."""
+    if os.path.exists(spec):
+        return spec, _local_ref(spec)
+    from lotavec import hub
+
+    if hub.parse_ref(spec) is None:
+        from lotavec.errors import NotFoundError
+
+        raise NotFoundError(f"{spec}: no such file or folder, and not a Hub id of the form org/name[@revision]")
+    r = hub.resolve_model(spec)
+    return os.fspath(r.path), {"repo_id": r.repo_id, "revision": r.revision_sha}
+
+
+def resolve_ticket_arg(spec: str) -> str:
+    """Local file for a ticket argument (downloaded and pinned when it is a Hub id)."""
+    if os.path.exists(spec):
+        return spec
+    from lotavec import hub
+
+    if hub.parse_ref(spec) is None:
+        from lotavec.errors import NotFoundError
+
+        raise NotFoundError(f"{spec}: no such ticket file, and not a Hub id of the form org/name[@revision]")
+    return os.fspath(hub.resolve_ticket(spec).path)
+
+
+def resolve_ticket_args(specs: Iterable[str]) -> list[str]:
+    """:func:`resolve_ticket_arg` for each."""
+    return [resolve_ticket_arg(s) for s in specs]
+
+
+def _local_ref(path: str) -> dict[str, Any]:
+    """Base identity of a local folder: the Hub id it was downloaded from, when the HF cache says so."""
+    parts = os.path.abspath(path).split(os.sep)
+    for i, p in enumerate(parts):
+        if p.startswith("models--") and i + 2 < len(parts) and parts[i + 1] == "snapshots":
+            return {"repo_id": p[len("models--"):].replace("--", "/"), "revision": parts[i + 2]}
+    return {"repo_id": None, "revision": None}

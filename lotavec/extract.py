@@ -1,0 +1,210 @@
+"""Extraction: a ticket from any base + fine-tuned pair (``lotavec extract``).
+
+Candidates are chosen by module type (:func:`lotavec.models.select_candidates`), entries by an
+exact streaming top-k of ``|fine-tuned − base|`` (:mod:`lotavec.mask`), and values are stored
+losslessly (``ulpdiff``): applying the ticket to the base reproduces the fine-tuned value on every
+selected entry bit-exactly and leaves the base elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ._version import __version__
+from .errors import DisjointnessError, SelectionError
+from .format.dtypes import TICKET_DTYPES, to_float32
+from .mask import Candidate, select_changed, select_topk
+from .models import TensorSource, check_compatible, open_model, select_candidates
+from .ticket import Ticket, TicketTensor, TicketWriter, load_ticket
+
+Progress = Callable[[str, int, int], None] | None
+
+
+@dataclass(frozen=True)
+class ExtractResult:
+    """What :func:`extract` did.
+
+    Attributes:
+        path: the ticket file written (``None`` when returned in memory).
+        ticket: the ticket (file-backed when ``path`` is set).
+        candidates: names of the candidate tensors, in order.
+        candidate_params: their total number of entries.
+        nnz: selected entries; ``density`` = nnz / candidate_params.
+        per_tensor: ``{name: nnz}`` for every candidate; ``numels`` their sizes.
+        seconds: wall time.
+        disjoint_from: ticket paths the result was verified disjoint from.
+    """
+
+    path: str | None
+    ticket: Ticket
+    candidates: list[str]
+    candidate_params: int
+    nnz: int
+    per_tensor: dict[str, int]
+    numels: dict[str, int]
+    seconds: float
+    disjoint_from: list[str] = field(default_factory=list)
+
+    @property
+    def density(self) -> float:
+        return self.nnz / self.candidate_params if self.candidate_params else 0.0
+
+
+def _scores(base: TensorSource, ft: TensorSource, name: str, dtype: str) -> Callable[[], np.ndarray]:
+    def compute() -> np.ndarray:
+        b = to_float32(base.array(name).reshape(-1), dtype)
+        f = to_float32(ft.array(name).reshape(-1), dtype)
+        np.subtract(f, b, out=f)
+        np.abs(f, out=f)
+        base.release(name)
+        ft.release(name)
+        return f
+
+    return compute
+
+
+def exclusions(tickets: Iterable[Any], names: Sequence[str]) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Union of the entries of earlier tickets, per tensor (for LoTTO / ``--disjoint-from``).
+
+    Args:
+        tickets: :class:`Ticket` objects or anything :func:`load_ticket` accepts.
+        names: the tensors of interest.
+
+    Returns:
+        ``({name: sorted unique int64 indices}, [ticket labels])``.
+    """
+    out: dict[str, np.ndarray] = {}
+    labels = []
+    for t in tickets:
+        tk = t if isinstance(t, Ticket) else load_ticket(t)
+        labels.append(tk.path or repr(tk))
+        for n in tk.names:
+            if n in names:
+                idx = tk.indices(n)
+                out[n] = np.union1d(out[n], idx) if n in out else idx
+    return out, labels
+
+
+def check_disjoint(ticket: Ticket, others: Iterable[Any]) -> None:
+    """Raise :class:`DisjointnessError` if ``ticket`` shares any entry with ``others``."""
+    for o in others:
+        ot = o if isinstance(o, Ticket) else load_ticket(o)
+        for n in ticket.names:
+            if n in ot:
+                both = np.intersect1d(ticket.indices(n), ot.indices(n), assume_unique=True)
+                if both.size:
+                    raise DisjointnessError(
+                        f"tensor {n!r}: {both.size} entries are in both tickets ({ot.path or 'ticket'})"
+                    )
+
+
+def extract(base: Any, finetuned: Any, out: str | os.PathLike | None = None, *,
+            density: float | None = None, sparsity: float | None = None, k: int | None = None,
+            all_changed: bool = False, scope: str = "global",
+            include: Sequence[str] = (), exclude: Sequence[str] = (),
+            embeddings: bool = False, lm_head: bool = False, norms: bool = False, biases: bool = False,
+            disjoint_from: Sequence[Any] = (), values: str = "ulpdiff",
+            base_ref: dict[str, Any] | None = None, provenance: dict[str, Any] | None = None,
+            progress: Progress = None) -> ExtractResult:
+    """Build a ticket from a base and a fine-tuned model.
+
+    Args:
+        base, finetuned: HF folders (single or sharded safetensors), ``.safetensors`` files, state
+            dicts or ``nn.Module`` s.
+        out: ticket file to write (atomically); ``None`` returns the ticket in memory.
+        density / sparsity / k: how many entries (exactly one, unless ``all_changed``).
+        all_changed: keep every entry that differs (lossless conversion of a full fine-tune).
+        scope: ``"global"`` (one threshold across candidates, as LoTA) or ``"tensor"``.
+        include, exclude: regexes adding / removing candidate tensors.
+        embeddings, lm_head, norms, biases: also consider these tensors.
+        disjoint_from: earlier tickets whose entries are not eligible (LoTTO); the result is
+            verified disjoint from them.
+        values: ``"ulpdiff"`` (default, lossless) or ``"raw"`` (lossless, base-free).
+        base_ref: ``{"repo_id", "revision"}`` of the base, recorded in the ticket.
+        provenance: extra provenance merged into the ticket's.
+        progress: ``progress(stage, done, total)``.
+
+    Returns:
+        :class:`ExtractResult`.
+
+    Raises:
+        TensorMismatchError, SelectionError, DisjointnessError, ModelError.
+    """
+    t0 = time.perf_counter()
+    if all_changed and any(v is not None for v in (density, sparsity, k)):
+        raise SelectionError("--all-changed keeps every changed entry; do not combine it with --density/--sparsity")
+    if not all_changed and all(v is None for v in (density, sparsity, k)):
+        raise SelectionError("say how many entries to keep: --density D, --sparsity S or --all-changed")
+    if values not in ("ulpdiff", "raw"):
+        raise SelectionError(f"values must be 'ulpdiff' or 'raw' for extraction, got {values!r}")
+    bsrc = open_model(base, role="base")
+    fsrc = open_model(finetuned, role="fine-tuned")
+    try:
+        check_compatible(bsrc, fsrc)
+        names = select_candidates(bsrc, embeddings=embeddings, lm_head=lm_head, norms=norms, biases=biases,
+                                  include=include, exclude=exclude)
+        names = [n for n in names if bsrc.info(n)[0] in TICKET_DTYPES]
+        if not names:
+            raise SelectionError("no candidate tensors: check --include/--exclude and the model's dtype (BF16/F16/F32)")
+        excl, labels = exclusions(disjoint_from, names)
+        cands = [Candidate(n, bsrc.numel(n), _scores(bsrc, fsrc, n, bsrc.info(n)[0]), excl.get(n)) for n in names]
+        if all_changed:
+            sel = select_changed(cands, progress=progress)
+        else:
+            sel = select_topk(cands, density=density, sparsity=sparsity, k=k, scope=scope, progress=progress)
+        cand_params = sum(c.numel for c in cands)
+        nnz = int(sum(s.size for s in sel.values()))
+        prov = {
+            "lotavec_version": __version__,
+            "selection": {
+                "rule": "all_changed" if all_changed else "topk_abs_delta",
+                "scope": scope, "density": density, "sparsity": sparsity, "k": k,
+                "selected": nnz, "candidate_tensors": len(names), "candidate_params": cand_params,
+                "selected_density": nnz / cand_params if cand_params else 0.0,
+                "tie_rule": "equal |delta| at the threshold: earlier (candidate order, flat index) first",
+                "include": list(include), "exclude": list(exclude),
+                "embeddings": embeddings, "lm_head": lm_head, "norms": norms, "biases": biases,
+                "disjoint_from": labels, "excluded_entries": int(sum(e.size for e in excl.values())),
+            },
+            "source": {"base": str(base) if isinstance(base, (str, os.PathLike)) else type(base).__name__,
+                       "finetuned": str(finetuned) if isinstance(finetuned, (str, os.PathLike)) else type(finetuned).__name__},
+            **(provenance or {}),
+        }
+        ref = dict(base_ref or {})
+        tensors = _ticket_tensors(bsrc, fsrc, names, sel, values, progress)
+        if out is not None:
+            with TicketWriter(out, base=ref, provenance=prov) as w:
+                for t in tensors:
+                    w.add(t)
+            ticket = load_ticket(out)
+        else:
+            ticket = Ticket(list(tensors), base=ref, provenance=prov)
+        if disjoint_from:
+            check_disjoint(ticket, disjoint_from)
+        return ExtractResult(os.fspath(out) if out is not None else None, ticket, names, cand_params, nnz,
+                             {n: int(sel[n].size) for n in names}, {c.name: c.numel for c in cands},
+                             time.perf_counter() - t0, labels)
+    finally:
+        bsrc.close()
+        fsrc.close()
+
+
+def _ticket_tensors(bsrc: TensorSource, fsrc: TensorSource, names: list[str], sel: dict[str, np.ndarray],
+                    values: str, progress: Progress):
+    for i, n in enumerate(names):
+        idx = sel[n]
+        if idx.size:
+            dtype = bsrc.info(n)[0]
+            b = bsrc.array(n)
+            f = fsrc.array(n).reshape(-1)
+            yield TicketTensor.from_finetuned(n, b, np.take(f, idx), idx, dtype, values=values)
+            bsrc.release(n)
+            fsrc.release(n)
+        if progress:
+            progress("write", i + 1, len(names))
