@@ -157,8 +157,8 @@ class MergeParams:
                     f"{', '.join(users)}. Remove it or choose one of those methods.")
         if self.normalize is not None and self.semantics == "peft":
             raise MergeConfigError(
-                f"{_flag('normalize')} is a mergekit convention (PEFT's ties always divides by "
-                f"the count of agreeing tickets); add --semantics mergekit or drop it.")
+                f"{_flag('normalize')} is a mergekit switch (PEFT has none; its ties always "
+                f"divides by the count of agreeing tickets); add --semantics mergekit or drop it.")
 
     # --- resolved values ------------------------------------------------------------------
 
