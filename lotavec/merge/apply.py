@@ -1,0 +1,144 @@
+"""Apply and unapply tickets in memory, on a model's own device (hot-swapping).
+
+``apply(model, ticket)`` then ``unapply(model, ticket)`` restores every weight bit-for-bit:
+
+* weight 1 with a lossless codec (``ulpdiff``/``raw``): the fine-tuned bit patterns are written
+  exactly; unapply subtracts the stored bit-pattern difference (wrap-around integer arithmetic,
+  exact), or for ``raw`` restores the base values saved at apply time;
+* any other weight, or ``f32delta``: ``base + weight·delta`` is computed in float32 and rounded;
+  the overwritten base values are saved at apply time and put back by unapply.
+
+Saved values live on the model object (``model._lotavec_undo``), or, for a plain state dict, in a
+registry keyed by the dict's identity; both are removed by :func:`unapply`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import BaseMismatchError, NotFoundError, TensorMismatchError
+from ..format.dtypes import BITS
+from ..models import open_model
+from ..ticket import Ticket, TicketTensor, load_ticket
+from ..torchio import dtype_name, torch_dtype
+
+_INT = {2: torch.int16, 4: torch.int32}
+_registry: dict[int, dict] = {}
+
+
+def _undo_store(model: Any) -> dict:
+    if isinstance(model, dict):
+        return _registry.setdefault(id(model), {})
+    store = getattr(model, "_lotavec_undo", None)
+    if store is None:
+        store = {}
+        object.__setattr__(model, "_lotavec_undo", store)
+    return store
+
+
+def _tensors(model: Any) -> tuple[dict[str, torch.Tensor], Any]:
+    src = open_model(model, role="model")
+    names = {n: src.tensor(n) for n in src.names()}
+    for group in src.tied_groups():
+        for alias in group[1:]:
+            names.setdefault(alias, names.get(group[0]))
+    return names, src
+
+
+def _ticket_key(ticket: Ticket) -> str:
+    return ticket.path or f"mem-{id(ticket)}"
+
+
+def _bits_view(p: torch.Tensor) -> torch.Tensor:
+    return p.view(_INT[p.element_size()]).view(-1)
+
+
+def apply(model: Any, ticket: Ticket | str, weight: float = 1.0, *, check_base: bool = True) -> None:
+    """Apply a ticket in place to an ``nn.Module`` or a ``dict[str, torch.Tensor]``.
+
+    Args:
+        model: the model (parameters are modified in place, on their device).
+        ticket: a :class:`Ticket` or a path/Hub id.
+        weight: scale of the ticket's delta (1 reproduces the fine-tuned weights exactly).
+        check_base: refuse a model whose tensors differ from the ticket's base (sampled fingerprint).
+
+    Raises:
+        TensorMismatchError, FingerprintMismatchError: the model is not the ticket's base.
+        BaseMismatchError: this ticket is already applied to this model.
+    """
+    tk = ticket if isinstance(ticket, Ticket) else load_ticket(ticket)
+    store = _undo_store(model)
+    key = _ticket_key(tk)
+    if key in store:
+        raise BaseMismatchError(f"ticket {key} is already applied to this model; unapply it first")
+    tensors, src = _tensors(model)
+    undo: dict[str, Any] = {"weight": float(weight), "saved": {}}
+    with torch.no_grad():
+        parts = []
+        for tt in tk:
+            p = tensors.get(tt.name)
+            if p is None:
+                raise TensorMismatchError(f"model has no tensor {tt.name!r} that the ticket changes")
+            if tuple(p.shape) != tt.shape:
+                raise TensorMismatchError(f"tensor {tt.name!r}: ticket expects shape {list(tt.shape)}, model has {list(p.shape)}")
+            if check_base and dtype_name(p.dtype) == tt.dtype:
+                tt.check_base(src.array(tt.name), tt.dtype, where="model")
+            parts.append((tt, p))
+        for tt, p in parts:
+            undo["saved"][tt.name] = _apply_one(tt, p, weight)
+    store[key] = undo
+
+
+def _apply_one(tt: TicketTensor, p: torch.Tensor, weight: float) -> torch.Tensor | None:
+    idx = torch.from_numpy(tt.indices).to(p.device)
+    flat = p.view(-1)
+    same = dtype_name(p.dtype) == tt.dtype
+    if weight == 1.0 and same and tt.values == "ulpdiff":
+        d = torch.from_numpy(tt.payload.view(np.dtype(f"<i{tt.payload.dtype.itemsize}"))).to(p.device)
+        bits = _bits_view(p)
+        bits.index_put_((idx,), bits.index_select(0, idx) + d)  # wrap-around add: exact, invertible
+        return None
+    saved = flat.index_select(0, idx).clone()
+    b = saved.to(torch_dtype(tt.dtype)).cpu()  # exact when the model holds the ticket's dtype (or wider)
+    b_np = b.view(_INT[b.element_size()]).numpy().view(BITS[tt.dtype])
+    if weight == 1.0:
+        new = torch.from_numpy(np.ascontiguousarray(tt.finetuned(b_np)).view(_np_int(tt))).view(torch_dtype(tt.dtype))
+    else:
+        new = (b.float() + float(weight) * torch.from_numpy(np.ascontiguousarray(tt.delta(b_np)))).to(torch_dtype(tt.dtype))
+    flat.index_put_((idx,), new.to(device=p.device, dtype=p.dtype))
+    return saved
+
+
+def _np_int(tt: TicketTensor) -> np.dtype:
+    return np.dtype(f"<i{BITS[tt.dtype].itemsize}")
+
+
+def unapply(model: Any, ticket: Ticket | str) -> None:
+    """Undo :func:`apply` exactly (bit-for-bit restore of the touched weights).
+
+    Raises:
+        NotFoundError: the ticket is not applied to this model.
+    """
+    tk = ticket if isinstance(ticket, Ticket) else load_ticket(ticket)
+    store = _undo_store(model)
+    key = _ticket_key(tk)
+    if key not in store:
+        raise NotFoundError(f"ticket {key} is not applied to this model")
+    undo = store.pop(key)
+    tensors, _ = _tensors(model)
+    with torch.no_grad():
+        for tt in tk:
+            p = tensors[tt.name]
+            idx = torch.from_numpy(tt.indices).to(p.device)
+            saved = undo["saved"].get(tt.name)
+            if saved is None:
+                d = torch.from_numpy(tt.payload.view(np.dtype(f"<i{tt.payload.dtype.itemsize}"))).to(p.device)
+                bits = _bits_view(p)
+                bits.index_put_((idx,), bits.index_select(0, idx) - d)
+            else:
+                p.view(-1).index_put_((idx,), saved)
+    if isinstance(model, dict) and not store:
+        _registry.pop(id(model), None)

@@ -1,0 +1,334 @@
+"""Streaming merge of tickets into a base model, written as a normal Hugging Face folder.
+
+Base tensors are memory-mapped and read lazily; tensors no ticket touches are copied straight
+through; touched tensors are decoded, merged sparse-natively (:func:`~lotavec.merge.methods.merge_tensor`)
+and written by lotavec's own streaming sharded writer, a few tensors ahead on a thread pool.
+The output folder appears atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._version import __version__
+from ..errors import (
+    BaseMismatchError,
+    FingerprintMismatchError,
+    MergeConfigError,
+    ModelError,
+    TensorMismatchError,
+)
+from ..format.dtypes import TICKET_DTYPES, from_float32, to_float32
+from ..format.fingerprint import base_digest, base_sample
+from ..hfwriter import ShardedWriter, atomic_output_dir, copy_model_files
+from ..mask import Candidate, select_topk
+from ..models import TensorSource, open_model
+from ..ticket import Ticket, TicketTensor, load_ticket
+from .config import MergeParams
+from .methods import SparseDelta, merge_tensor
+from .registry import get_method
+
+Progress = Callable[[str, int, int], None] | None
+_DTYPE_NAMES = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}
+
+
+@dataclass
+class MergeResult:
+    """What :func:`merge` did.
+
+    Attributes:
+        path: the output folder.
+        tensors: tensors written; ``touched``: how many the tickets changed.
+        changed_entries: entries whose value differs from the base.
+        seconds, bytes_written: wall time and weight bytes written (GB/s = bytes / seconds).
+        params: the merge parameters as recorded (DARE seed included).
+        warnings: base-identity problems overridden by ``force``.
+    """
+
+    path: str
+    tensors: int
+    touched: int
+    changed_entries: int
+    seconds: float
+    bytes_written: int
+    params: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+
+def check_base_identity(base: TensorSource, tickets: Sequence[Ticket], *, full: bool = False,
+                        force: bool = False) -> list[str]:
+    """Refuse tickets made for another base, before any output is written.
+
+    Checks, per ticket tensor: presence, shape and dtype, and the sampled fingerprint (and the
+    full digest with ``full``). With ``force`` the problems are returned as warnings instead.
+
+    Raises:
+        TensorMismatchError, FingerprintMismatchError: naming the ticket and tensor.
+    """
+    warnings: list[str] = []
+    names = set(base.names())
+    for t in tickets:
+        label = t.path or "ticket"
+        for name in t.names:
+            info = t.info(name)
+            try:
+                if name not in names:
+                    raise TensorMismatchError(f"{label}: tensor {name!r} is not in the base model {base.label}; "
+                                              "this ticket was made for another architecture")
+                dtype, shape = base.info(name)
+                if tuple(shape) != tuple(info["shape"]) or dtype != info["dtype"]:
+                    raise TensorMismatchError(
+                        f"{label}: tensor {name!r} is {info['dtype']}{info['shape']} in the ticket but "
+                        f"{dtype}{list(shape)} in the base {base.label}; use the base the ticket was made from")
+                entry = t._file.entry(name) if t._file is not None else t[name]
+                arr = base.array(name)
+                if entry.base_sample is not None and base_sample(arr) != entry.base_sample:
+                    raise FingerprintMismatchError(
+                        f"{label}: tensor {name!r} of the base {base.label} differs from the base this ticket "
+                        f"was made from{_ref(t)}; use that base (or --force to merge anyway)")
+                if full and entry.base_digest is not None and base_digest(arr) != entry.base_digest:
+                    raise FingerprintMismatchError(
+                        f"{label}: tensor {name!r}: full digest differs from the ticket's base{_ref(t)}")
+            except BaseMismatchError as e:
+                if not force:
+                    raise
+                warnings.append(str(e))
+    return warnings
+
+
+def _ref(t: Ticket) -> str:
+    b = t.base or {}
+    if b.get("repo_id"):
+        return f" ({b['repo_id']}{'@' + b['revision'] if b.get('revision') else ''})"
+    return ""
+
+
+def _global_trims(tickets: Sequence[Ticket], base: TensorSource, params: MergeParams) -> dict[int, dict[str, np.ndarray]]:
+    """Per ticket, the flat indices kept by one top-k over all its tensors (``scope="global"``)."""
+    out: dict[int, dict[str, np.ndarray]] = {}
+    for i, t in enumerate(tickets):
+        p = params.density_of(i)
+        total = sum(t.info(n)["numel"] for n in t.names)
+        k = int(np.floor(p * total))
+        cands = []
+        for n in t.names:
+            def scores(n=n):
+                tt = t[n]
+                return np.abs(tt.delta(np.take(base.array(n).reshape(-1), tt.indices)))
+            cands.append(Candidate(n, t.info(n)["nnz"], scores))
+        sel = select_topk(cands, k=min(k, sum(c.numel for c in cands)), scope="global")
+        out[i] = {n: t.indices(n)[pos] for n, pos in sel.items()}
+    return out
+
+
+def _exact_sum(params: MergeParams, n: int) -> bool:
+    return (params.method in ("sum", "disjoint") and params.lambda_ == 1.0
+            and all(params.weight_of(i) == 1.0 for i in range(n)))
+
+
+def merge_tensor_values(name: str, base_arr: np.ndarray, dtype: str, out_dtype: str, parts: list[TicketTensor | None],
+                        params: MergeParams, trims: dict[int, dict[str, np.ndarray]] | None) -> tuple[np.ndarray, int]:
+    """Merged storage array of one tensor (``out_dtype``) and the number of changed entries."""
+    flat = base_arr.reshape(-1)
+    deltas: list[SparseDelta | None] = []
+    base_at: dict[int, np.ndarray] = {}
+    for i, tt in enumerate(parts):
+        if tt is None:
+            deltas.append(None)
+            continue
+        base_at[i] = np.take(flat, tt.indices)
+        deltas.append(SparseDelta(tt.indices, tt.delta(base_at[i]), flat.size))
+    tr = {i: trims[i][name] for i in trims if name in trims[i]} if trims else None
+    merged = merge_tensor(name, deltas, params, trims=tr)
+    if out_dtype == dtype:
+        out = flat.copy()
+    else:
+        out = from_float32(to_float32(flat, dtype), out_dtype)
+    idx = merged.indices
+    new = to_float32(np.take(flat, idx), dtype) + merged.values
+    np.put(out, idx, from_float32(new, out_dtype))
+    if _exact_sum(params, len(parts)) and out_dtype == dtype:
+        # Lossless tickets reproduce fine-tuned bits exactly where they alone touch the tensor.
+        alone = _single_coverage([tt.indices if tt is not None else None for tt in parts])
+        for i, tt in enumerate(parts):
+            if tt is not None and tt.values != "f32delta":
+                sel = alone[i]
+                if sel.size:
+                    np.put(out, tt.indices[sel], tt.finetuned(base_at[i][sel]))
+    changed = int(np.count_nonzero(np.take(out, idx) != np.take(flat, idx))) if out_dtype == dtype else int(idx.size)
+    return out.reshape(base_arr.shape), changed
+
+
+def _single_coverage(index_arrays: list[np.ndarray | None]) -> list[np.ndarray]:
+    """For each ticket, positions (into its indices) of entries no other ticket touches."""
+    present = [a for a in index_arrays if a is not None]
+    if len(present) == 1:
+        return [np.arange(a.size) if a is not None else np.empty(0, np.int64) for a in index_arrays]
+    allidx = np.concatenate(present)
+    uniq, counts = np.unique(allidx, return_counts=True)
+    shared = uniq[counts > 1]
+    return [np.flatnonzero(~np.isin(a, shared, assume_unique=True)) if a is not None else np.empty(0, np.int64)
+            for a in index_arrays]
+
+
+def merge(base: Any, tickets: Sequence[Any], out_dir: str | os.PathLike, *, params: MergeParams | None = None,
+          dtype: str | None = None, max_shard_size: int | str = "5GB", overwrite: bool = False,
+          force: bool = False, verify_base: bool = False, threads: int | None = None,
+          base_ref: dict[str, Any] | None = None, ticket_refs: Sequence[dict[str, Any]] | None = None,
+          notes: Sequence[str] = (), progress: Progress = None) -> MergeResult:
+    """Merge tickets into a base model and write a Hugging Face model folder.
+
+    Args:
+        base: base model folder (single or sharded safetensors) — or anything
+            :func:`lotavec.models.open_model` accepts.
+        tickets: :class:`~lotavec.ticket.Ticket` objects or ticket paths/Hub ids.
+        out_dir: output folder (created atomically; see ``overwrite``).
+        params: :class:`~lotavec.merge.config.MergeParams` (default: ``sum`` with weight 1 each).
+        dtype: output dtype (``bfloat16``/``float16``/``float32``); default the base's.
+        max_shard_size: shard size of the output (``"5GB"`` style or bytes).
+        overwrite: replace an existing ``out_dir``.
+        force: merge even if base identity checks fail (reported in ``warnings``).
+        verify_base: also compare full base digests (reads every touched tensor once more).
+        threads: worker threads for decoding and merging (default: all cores).
+        base_ref, ticket_refs: Hub identities recorded in the model card and merge record.
+        notes: remarks recorded in the merge record (e.g. ignored mergekit keys).
+        progress: ``progress(stage, done, total)``.
+
+    Returns:
+        :class:`MergeResult`.
+
+    Raises:
+        OutputExistsError, BaseMismatchError, MergeConfigError, DisjointnessError, ModelError.
+    """
+    t0 = time.perf_counter()
+    params = params or MergeParams()
+    tks = [t if isinstance(t, Ticket) else load_ticket(t) for t in tickets]
+    if not tks:
+        raise MergeConfigError("give at least one ticket to merge")
+    params.check_tickets(len(tks))
+    if dtype is not None and dtype not in _DTYPE_NAMES:
+        raise MergeConfigError(f"--dtype must be one of {', '.join(_DTYPE_NAMES)}, got {dtype!r}")
+    src = open_model(base, role="base")
+    try:
+        warnings = check_base_identity(src, tks, full=verify_base, force=force)
+        spec = get_method(params.method)
+        trims = _global_trims(tks, src, params) if params.scope == "global" and spec.sparsify == "magnitude" else None
+        names = src.names()
+        touched = {n for t in tks for n in t.names}
+        out_dt = {n: (_DTYPE_NAMES[dtype] if dtype and src.info(n)[0] in TICKET_DTYPES else src.info(n)[0]) for n in names}
+        plan = [(n, out_dt[n], src.info(n)[1]) for n in names]
+        with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
+            writer = ShardedWriter(tmp, plan, max_shard_size=max_shard_size)
+            changed = _stream(src, tks, names, touched, out_dt, params, trims, writer, threads, progress)
+            writer.close()
+            record = _record(src, tks, params, dtype, base_ref, ticket_refs, notes, warnings, changed, names, touched)
+            if src.path is not None:
+                copy_model_files(src.path, tmp, exclude=("README.md",))
+                if dtype is not None:
+                    _set_config_dtype(Path(tmp) / "config.json", dtype)
+            _write_card(tmp, record)
+            (Path(tmp) / "lotavec_merge.json").write_text(json.dumps(record, indent=2, default=str))
+            written = writer.total_size
+        return MergeResult(os.fspath(out_dir), len(names), len(touched), changed, time.perf_counter() - t0,
+                           written, record["params"], warnings)
+    finally:
+        src.close()
+
+
+def _stream(src: TensorSource, tks: list[Ticket], names: list[str], touched: set[str], out_dt: dict[str, str],
+            params: MergeParams, trims, writer: ShardedWriter, threads: int | None, progress: Progress) -> int:
+    """Write every tensor in plan order; touched ones are computed ahead on a thread pool."""
+    workers = max(1, threads or os.cpu_count() or 1)
+
+    def compute(n: str) -> tuple[np.ndarray, int]:
+        dtype = src.info(n)[0]
+        parts = [t[n] if n in t else None for t in tks]
+        return merge_tensor_values(n, src.array(n), dtype, out_dt[n], parts, params, trims)
+
+    changed = 0
+    ahead = workers + 1
+    with ThreadPoolExecutor(workers) as ex:
+        pending: deque = deque()
+        it = iter(names)
+        queue_names: deque = deque()
+
+        def fill() -> None:
+            while len(pending) < ahead:
+                n = next(it, None)
+                if n is None:
+                    return
+                queue_names.append(n)
+                pending.append(ex.submit(compute, n) if n in touched else None)
+
+        fill()
+        done = 0
+        while pending:
+            fut = pending.popleft()
+            n = queue_names.popleft()
+            if fut is None:
+                arr = src.array(n)
+                if out_dt[n] != src.info(n)[0]:
+                    arr = from_float32(to_float32(arr, src.info(n)[0]), out_dt[n])
+                writer.write(n, arr)
+            else:
+                arr, c = fut.result()
+                changed += c
+                writer.write(n, arr)
+            del arr
+            src.release(n)
+            done += 1
+            if progress:
+                progress("merge", done, len(names))
+            fill()
+    return changed
+
+
+def _set_config_dtype(path: Path, dtype: str) -> None:
+    """Record the output dtype in config.json so transformers loads it as written."""
+    if not path.exists():
+        return
+    cfg = json.loads(path.read_text())
+    for key in ("torch_dtype", "dtype"):
+        if key in cfg or key == "dtype":
+            cfg[key] = dtype
+    path.write_text(json.dumps(cfg, indent=2) + "\n")
+
+
+def _record(src, tks, params, dtype, base_ref, ticket_refs, notes, warnings, changed, names, touched) -> dict:
+    refs = list(ticket_refs or [{} for _ in tks])
+    return {
+        "lotavec_version": __version__,
+        "base": {"path": str(src.path) if src.path else None, **(base_ref or {})},
+        "tickets": [{"path": t.path, "nnz": t.nnz, "base": t.base, **r} for t, r in zip(tks, refs)],
+        "params": params.to_json(),
+        "dtype": dtype,
+        "notes": list(notes),
+        "warnings": list(warnings),
+        "tensors": len(names),
+        "touched_tensors": len(touched),
+        "changed_entries": changed,
+    }
+
+
+def _write_card(folder: str | os.PathLike, record: dict) -> None:
+    try:
+        from ..card import merged_card
+    except ImportError:  # pragma: no cover - card module is part of the package
+        return
+    base = record["base"].get("repo_id") or record["base"].get("path")
+    tickets = [t.get("repo_id") or t.get("path") for t in record["tickets"]]
+    try:
+        text = merged_card(base, tickets, record["params"]["method"], record["params"])
+    except (TypeError, KeyError, ValueError) as e:  # keep merges working if the card API changes
+        raise ModelError(f"could not build the model card: {e}") from e
+    (Path(folder) / "README.md").write_text(text)
