@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import ModelError, NotFoundError
+from .errors import ModelError
 from .format.dtypes import from_float32, to_float32
 
 #: Special tokens of the tiny tokenizer, in id order (ids 0..3); byte ``b`` has id ``4 + b``.
@@ -203,23 +202,6 @@ def _quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
-def _block_linear_names(model) -> list[str]:
-    """Weights of nn.Linear / Conv1D modules inside the model's decoder-layer ModuleList."""
-    import torch
-    from transformers.pytorch_utils import Conv1D
-
-    names: list[str] = []
-    seen: set[int] = set()
-    for mname, module in model.named_modules():
-        if not isinstance(module, torch.nn.ModuleList):
-            continue
-        for sub, child in module.named_modules():
-            if isinstance(child, (torch.nn.Linear, Conv1D)) and id(child.weight) not in seen:
-                seen.add(id(child.weight))
-                names.append(f"{mname}.{sub}.weight" if sub else f"{mname}.weight")
-    return sorted(names)
-
-
 def perturb_storage(storage: np.ndarray, dtype: str, rng: np.random.Generator, density: float, scale: float) -> np.ndarray:
     """Return a copy of ``storage`` where about ``density`` of the entries really changed.
 
@@ -256,23 +238,27 @@ def make_finetuned(
     scale: float = 0.01,
     tensors: Iterable[str] | None = None,
     max_shard_size: int | str | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> Path:
-    """Write a synthetic fine-tune of the model folder ``base_dir`` to ``out_dir``.
+    """Write a synthetic fine-tune of the model folder ``base_dir`` to ``out_dir`` (streaming).
 
     About ``density`` of the entries of each chosen tensor get Gaussian noise of std ``scale``
     added (rounded to the tensor's dtype, and nudged by one ulp where rounding would have left
     them unchanged); all other entries and tensors are bit-identical to the base. Config,
-    tokenizer and generation config are copied.
+    tokenizer and generation config are copied. Tensors are read from the memory-mapped base
+    and written one at a time, so models larger than memory work too.
 
     Args:
         base_dir: a Hugging Face model folder (e.g. from :func:`make_tiny_model`).
-        out_dir: output folder (created).
+        out_dir: output folder (created; replaced if it exists).
         density: fraction of entries perturbed in each chosen tensor.
         seed: the perturbation depends only on this and the tensor names.
         scale: noise standard deviation.
-        tensors: names of the tensors to perturb; default: the 2-D weights of the linear layers
-            inside the transformer blocks (the default extraction candidates).
-        max_shard_size: shard the output like ``save_pretrained`` does.
+        tensors: names of the tensors to perturb; default: the extraction candidates
+            (:func:`lotavec.models.select_candidates` with default flags).
+        max_shard_size: shard size of the output; default: the base's largest shard (one file
+            if the base has one file).
+        progress: optional ``progress("finetune", tensors_done, tensors_total)``.
 
     Returns:
         ``Path(out_dir)``.
@@ -280,34 +266,27 @@ def make_finetuned(
     Raises:
         NotFoundError: ``base_dir`` or a named tensor does not exist.
     """
-    import torch
-    from transformers import AutoModelForCausalLM
+    from .hfwriter import ShardedWriter, atomic_output_dir, copy_model_files
+    from .models import open_model, select_candidates
 
-    from .format.dtypes import storage_dtype
-
-    base = Path(base_dir)
-    if not (base / "config.json").is_file():
-        raise NotFoundError(f"{base}: not a model folder (no config.json)")
-    with _quiet_transformers():
-        model = AutoModelForCausalLM.from_pretrained(base, dtype="auto")
-    params = dict(model.named_parameters())
-    names = _block_linear_names(model) if tensors is None else list(tensors)
-    tname = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32"}
-    for name in names:
-        if name not in params:
-            raise NotFoundError(f"{base}: no parameter named {name!r} to perturb")
-        p = params[name].data
-        dt = tname[p.dtype]
-        np_view = p.view(torch.int16 if p.element_size() == 2 else torch.int32).numpy().view(storage_dtype(dt))
-        rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-        np_view[...] = perturb_storage(np_view, dt, rng, density, scale)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    kw = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
-    with _quiet_transformers():
-        model.save_pretrained(out, **kw)
-    for f in base.iterdir():
-        if f.is_file() and not (f.name.endswith(".safetensors") or f.name.endswith(".index.json")
-                                or f.name in ("config.json", "generation_config.json")):
-            shutil.copy2(f, out / f.name)
-    return out
+    with open_model(base_dir) as src:
+        chosen = set(select_candidates(src) if tensors is None else tensors)
+        for name in sorted(chosen):
+            src.info(name)  # NotFoundError naming the tensor
+        if max_shard_size is None:
+            files = {src.file_of(n) for n in src.names()}
+            max_shard_size = max(os.path.getsize(f) for f in files) if len(files) > 1 else 1 << 62
+        names = src.names()
+        with atomic_output_dir(out_dir, overwrite=True, fsync=False) as tmp:
+            with ShardedWriter(tmp, [(n, *src.info(n)) for n in names], max_shard_size=max_shard_size) as w:
+                for i, name in enumerate(names):
+                    arr = src.array(name)
+                    if name in chosen:
+                        rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+                        arr = perturb_storage(arr, src.info(name)[0], rng, density, scale)
+                    w.write(name, arr)
+                    src.release(name)
+                    if progress is not None:
+                        progress("finetune", i + 1, len(names))
+            copy_model_files(base_dir, tmp)
+    return Path(out_dir)
