@@ -7,6 +7,7 @@ import click
 import lotavec
 
 from .cmd_extract import extract
+from .cmd_merge import merge, overlap
 from .cmd_ticket import inspect, verify
 
 
@@ -23,6 +24,8 @@ def cli() -> None:
 cli.add_command(extract)
 cli.add_command(inspect)
 cli.add_command(verify)
+cli.add_command(merge)
+cli.add_command(overlap)
 
 
 def main() -> None:

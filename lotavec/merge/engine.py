@@ -122,7 +122,7 @@ def _global_trims(tickets: Sequence[Ticket], base: TensorSource, params: MergePa
         k = int(np.floor(p * total))
         cands = []
         for n in t.names:
-            def scores(n=n):
+            def scores(n: str = n, t: Ticket = t) -> np.ndarray:
                 tt = t[n]
                 return np.abs(tt.delta(np.take(base.array(n).reshape(-1), tt.indices)))
             cands.append(Candidate(n, t.info(n)["nnz"], scores))
@@ -222,6 +222,10 @@ def merge(base: Any, tickets: Sequence[Any], out_dir: str | os.PathLike, *, para
     try:
         warnings = check_base_identity(src, tks, full=verify_base, force=force)
         spec = get_method(params.method)
+        if spec.name == "disjoint":
+            from .compare import check_disjoint_tickets
+
+            check_disjoint_tickets(tks)
         trims = _global_trims(tks, src, params) if params.scope == "global" and spec.sparsify == "magnitude" else None
         names = src.names()
         touched = {n for t in tks for n in t.names}
