@@ -9,6 +9,7 @@ import lotavec
 from .cmd_extract import extract
 from .cmd_merge import merge, overlap
 from .cmd_ticket import inspect, verify
+from .cmd_train import train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -26,6 +27,7 @@ cli.add_command(inspect)
 cli.add_command(verify)
 cli.add_command(merge)
 cli.add_command(overlap)
+cli.add_command(train)
 
 
 def main() -> None:
