@@ -32,7 +32,7 @@ from ._resolve import resolve_model_arg, resolve_ticket_args
 def extract(base, finetuned, out, density, sparsity, all_changed, scope, include, exclude, embeddings, lm_head,
             norms, biases, disjoint_from, values, as_json, quiet):
     """Make a ticket from BASE and FINETUNED (HF model folders or Hub ids)."""
-    from lotavec.extract import extract as run
+    from lotavec.extraction import extract as run
 
     base_dir, base_ref = resolve_model_arg(base)
     ft_dir, _ = resolve_model_arg(finetuned)

@@ -17,7 +17,7 @@ from .errors import LotavecError
 from .ticket import Ticket, TicketTensor, TicketWriter, load_ticket
 
 _LAZY = {
-    "extract": ("lotavec.extract", "extract"),
+    "extract": ("lotavec.extraction", "extract"),
     "merge": ("lotavec.merge.engine", "merge"),
     "MergeParams": ("lotavec.merge.config", "MergeParams"),
     "apply": ("lotavec.merge.apply", "apply"),
