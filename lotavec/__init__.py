@@ -1,6 +1,8 @@
 """lotavec: sparse task vectors (Lottery Ticket Adaptation) — format, training, extraction, merging.
 
 Importing lotavec only defines names; heavy modules (torch, transformers) load on first use.
+``lotavec.merge`` and ``lotavec.train`` are both the subpackages and callables (the streaming merge
+and the LoTA pipeline).
 
 Example:
     >>> import lotavec
@@ -18,13 +20,13 @@ from .ticket import Ticket, TicketTensor, TicketWriter, load_ticket
 
 _LAZY = {
     "extract": ("lotavec.extraction", "extract"),
-    "merge": ("lotavec.merge.engine", "merge"),
+    "merge": ("lotavec.merge", None),
     "MergeParams": ("lotavec.merge.config", "MergeParams"),
     "apply": ("lotavec.merge.apply", "apply"),
     "unapply": ("lotavec.merge.apply", "unapply"),
     "overlap": ("lotavec.merge.compare", "ticket_overlap"),
     "open_model": ("lotavec.models", "open_model"),
-    "train": ("lotavec.train.pipeline", "train"),
+    "train": ("lotavec.train", None),
     "TrainConfig": ("lotavec.train.pipeline", "TrainConfig"),
     "push_to_hub": ("lotavec.hub", "push_ticket"),
 }
@@ -37,5 +39,7 @@ def __getattr__(name: str) -> Any:
         import importlib
 
         mod, attr = _LAZY[name]
-        return getattr(importlib.import_module(mod), attr)
+        m = importlib.import_module(mod)
+        # ``merge`` and ``train`` are packages whose module objects are callable.
+        return m if attr is None else getattr(m, attr)
     raise AttributeError(f"module 'lotavec' has no attribute {name!r}")

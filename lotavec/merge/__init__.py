@@ -18,3 +18,14 @@ __all__ = [
     "merge_config_from_args",
     "merge_tensor",
 ]
+
+
+class _CallableModule(type(__import__("sys"))):
+    """Lets ``lotavec.merge(...)`` call :func:`~lotavec.merge.engine.merge` while ``lotavec.merge``
+    stays the package (``lotavec.merge.MergeParams`` ...)."""
+
+    def __call__(self, *args, **kwargs):
+        return merge(*args, **kwargs)
+
+
+__import__("sys").modules[__name__].__class__ = _CallableModule
