@@ -23,8 +23,8 @@ import fnmatch
 import json
 import os
 import re
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
@@ -275,6 +275,18 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _fresh_dir(parent: Path, prefix: str) -> Path:
+    # Not tempfile.mkdtemp: its 0700 mode would become the output folder's; os.mkdir honours umask.
+    for _ in range(100):
+        path = parent / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise OutputExistsError(f"{parent}: cannot create a temporary folder {prefix}*")
+
+
 @contextlib.contextmanager
 def atomic_output_dir(out_dir: str | os.PathLike, *, overwrite: bool = False, fsync: bool = True) -> Iterator[Path]:
     """Build a folder under a temporary name beside ``out_dir`` and move it into place at the end.
@@ -301,7 +313,7 @@ def atomic_output_dir(out_dir: str | os.PathLike, *, overwrite: bool = False, fs
     if (out.exists() or out.is_symlink()) and not overwrite:
         raise OutputExistsError(f"{out} already exists; choose another output or allow overwriting (--force)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = _fresh_dir(out.parent, f".{out.name}.tmp-")
     try:
         yield tmp
         if fsync:
@@ -312,7 +324,7 @@ def atomic_output_dir(out_dir: str | os.PathLike, *, overwrite: bool = False, fs
             if _exchange(tmp, out):
                 shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old folder
             else:
-                old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+                old = _fresh_dir(out.parent, f".{out.name}.old-")
                 os.rmdir(old)
                 os.rename(out, old)
                 os.rename(tmp, out)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import statistics
 import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -200,6 +201,92 @@ def _quiet_transformers():
     finally:
         if was:
             hf_logging.enable_progress_bar()
+
+
+#: Config overrides for a ~1.1B-parameter Llama (TinyLlama-1.1B's shape) for benchmarks.
+LLAMA_1B = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+                num_key_value_heads=4, vocab_size=32000, tie_word_embeddings=False)
+
+
+def make_synthetic_model(
+    arch: str,
+    out_dir: str | os.PathLike,
+    *,
+    seed: int = 0,
+    dtype: str = "bfloat16",
+    max_shard_size: int | str = "2GB",
+    progress: Callable[[str, int, int], None] | None = None,
+    **overrides: Any,
+) -> Path:
+    """Write a random model folder of any size without materializing the model (streaming).
+
+    The architecture is instantiated on the meta device only for its tensor names and shapes;
+    values come from numpy: normal(0, ``initializer_range``) for weights and embeddings (drawn
+    from a table of 65536 quantiles, so at most 65536 distinct values), ones for
+    normalization weights, zeros for biases. Memory stays around one tensor. Use
+    ``**LLAMA_1B`` for a ~1.1B-parameter Llama.
+
+    Args:
+        arch: one of :data:`ARCHS`.
+        out_dir: output folder (replaced if it exists); gets the tiny tokenizer too.
+        seed: values depend only on this and the tensor names.
+        dtype: ``"bfloat16"``, ``"float16"`` or ``"float32"``.
+        max_shard_size: shard size (``save_pretrained`` conventions).
+        progress: optional ``progress("synthesize", tensors_done, tensors_total)``.
+        **overrides: config fields (see :func:`tiny_config`).
+
+    Returns:
+        ``Path(out_dir)``.
+
+    Raises:
+        ModelError: unknown architecture or dtype, or one with persistent buffers.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    from .hfwriter import ShardedWriter, atomic_output_dir
+    from .models import _checkpoint_names, _module_kinds
+
+    if dtype not in _DTYPES:
+        raise ModelError(f"unknown dtype {dtype!r}; choose one of {', '.join(sorted(_DTYPES))}")
+    spec = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}[_DTYPES[dtype]]
+    vocab = overrides.pop("vocab_size", None)
+    tie = overrides.pop("tie_word_embeddings", None)
+    config = tiny_config(arch, vocab_size=vocab, tie_word_embeddings=tie, **overrides)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    if dict(model.named_buffers()).keys() & model.state_dict().keys():
+        raise ModelError(f"{arch}: persistent buffers cannot be synthesized; use make_tiny_model")
+    params = dict(model.named_parameters())  # tied parameters once
+    kinds = _module_kinds(model)
+    to_ckpt = _checkpoint_names(model, list(params))
+    plan = sorted((to_ckpt.get(n, n), spec, tuple(p.shape), n) for n, p in params.items())
+    std = float(getattr(config, "initializer_range", 0.02))
+    # Normal samples by lookup: 65536 quantiles of N(0, std), indexed by random uint16s. Ten
+    # times faster than drawing normals, and finer than bf16's own resolution.
+    quantiles = [statistics.NormalDist(0.0, std).inv_cdf((k + 0.5) / 65536) for k in range(65536)]
+    table = from_float32(np.array(quantiles, dtype=np.float32), spec)
+    config.dtype = _DTYPES[dtype]
+    with atomic_output_dir(out_dir, overwrite=True, fsync=False) as tmp:
+        with ShardedWriter(tmp, [e[:3] for e in plan], max_shard_size=max_shard_size) as w:
+            for i, (name, _, shape, mname) in enumerate(plan):
+                rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+                kind = kinds.get(mname, "other")
+                if kind == "norm" and mname.endswith("weight"):
+                    x = np.ones(shape, np.float32)
+                elif kind in ("norm", "bias"):
+                    x = np.zeros(shape, np.float32)
+                else:
+                    x = None
+                    w.write(name, table[rng.integers(0, table.size, size=shape, dtype=np.uint16)])
+                if x is not None:
+                    w.write(name, from_float32(x, spec))
+                if progress is not None:
+                    progress("synthesize", i + 1, len(plan))
+        config.save_pretrained(tmp)
+        GenerationConfig.from_model_config(config).save_pretrained(tmp)
+        make_tiny_tokenizer(tmp)
+    return Path(out_dir)
 
 
 def perturb_storage(storage: np.ndarray, dtype: str, rng: np.random.Generator, density: float, scale: float) -> np.ndarray:

@@ -145,3 +145,13 @@ def test_copy_model_files_skips_weights(tiny_pair, tmp_path):
     (tmp_path / "dst").mkdir()
     copied = copy_model_files(base, tmp_path / "dst", exclude=["generation_config.json"])
     assert copied == ["chat_template.jinja", "config.json", "tokenizer.json", "tokenizer_config.json"]
+
+
+def test_atomic_dir_honours_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        with atomic_output_dir(tmp_path / "perm") as tmp:
+            (tmp / "x").write_text("x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "perm").stat().st_mode & 0o777 == 0o755

@@ -85,3 +85,23 @@ def test_sharded_pair_has_index_and_several_shards(sharded_pair):
         shards = set(index["weight_map"].values())
         assert len(shards) >= 2
         assert all((folder / s).is_file() for s in shards)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_synthetic_model_matches_architecture(arch, tiny_model_dirs, tmp_path):
+    from lotavec.format.dtypes import to_float32
+    from lotavec.testing import make_synthetic_model
+
+    out = make_synthetic_model(arch, tmp_path / arch, seed=0, max_shard_size="100KB")
+    assert (out / "model.safetensors.index.json").is_file()
+    with open_model(out) as syn, open_model(tiny_model_dirs[arch]) as ref:
+        assert syn.names() == ref.names()
+        assert [syn.info(n) for n in syn.names()] == [ref.info(n) for n in ref.names()]
+        w = to_float32(syn.array(syn.names()[-1] if arch == "gpt2" else syn.names()[3]), "BF16")
+        assert w.std() > 0.01
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(out)
+    with open_model(model) as mem, open_model(out) as disk:
+        for n in disk.names():
+            assert np.array_equal(mem.array(n), disk.array(n)), n
