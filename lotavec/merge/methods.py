@@ -161,13 +161,32 @@ def union_positions(index_arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, lis
         union = nonempty[0] if nonempty else np.empty(0, np.int64)
         return union, [np.arange(a.size, dtype=np.int64) if a.size else a.astype(np.int64)
                        for a in index_arrays]
-    # Stable sort is timsort for int64: near-linear on a concatenation of sorted runs.
-    cat = np.sort(np.concatenate(nonempty), kind="stable")
-    fresh = np.empty(cat.size, bool)
+    bits = max(1, (len(index_arrays) - 1).bit_length())
+    if max(int(a[-1]) for a in nonempty) >= 1 << (62 - bits):  # keys would overflow
+        cat = np.sort(np.concatenate(nonempty), kind="stable")
+        fresh = _fresh(cat)
+        union = cat[fresh]
+        return union, [np.searchsorted(union, a) for a in index_arrays]
+    # Key = index << bits | owner keeps every array a sorted run, and stable sort is timsort
+    # for int64: one near-linear merge gives the union and, through a running count of new
+    # indices, every entry's position in it.
+    keys = np.concatenate([(a << bits) | i for i, a in enumerate(index_arrays) if a.size])
+    keys.sort(kind="stable")
+    owner = keys & ((1 << bits) - 1)
+    keys >>= bits
+    fresh = _fresh(keys)
+    slot = np.cumsum(fresh)
+    slot -= 1
+    return keys[fresh], [np.compress(owner == i, slot) if a.size else np.empty(0, np.int64)
+                         for i, a in enumerate(index_arrays)]
+
+
+def _fresh(sorted_keys: np.ndarray) -> np.ndarray:
+    """Mask of the first occurrence of each value in a sorted array."""
+    fresh = np.empty(sorted_keys.size, bool)
     fresh[0] = True
-    np.not_equal(cat[1:], cat[:-1], out=fresh[1:])
-    union = cat[fresh]
-    return union, [np.searchsorted(union, a) for a in index_arrays]
+    np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=fresh[1:])
+    return fresh
 
 
 def overlap_counts(index_arrays: Sequence[np.ndarray]) -> dict[tuple[int, int], int]:
@@ -220,11 +239,11 @@ def _sparsify(name: str, parts: list[SparseDelta], params: MergeParams, spec: Me
 def _global_kept(name: str, i: int, part: SparseDelta,
                  trims: Mapping[int, np.ndarray] | None) -> np.ndarray:
     """Positions of the globally kept indices of ticket ``i`` within its stored entries."""
-    if trims is None or i not in trims:
+    if trims is None:
         raise MergeConfigError(
-            f"--scope global: no global trim given for ticket #{i + 1} in tensor {name!r}; "
-            f"the engine must pass trims={{ticket: kept flat indices}} for every ticket")
-    kept = np.asarray(trims[i], dtype=np.int64)
+            f"--scope global: no global trims given for tensor {name!r}; the engine must pass "
+            f"trims={{ticket: kept flat indices}} (a ticket left out keeps nothing here)")
+    kept = np.asarray(trims.get(i, ()), dtype=np.int64)
     if kept.size > 1 and np.any(kept[1:] <= kept[:-1]):
         kept = np.unique(kept)
     if not kept.size:
@@ -256,18 +275,42 @@ def _rescale(val: np.ndarray, keep: np.ndarray, p: float, how: str) -> np.ndarra
 def _linear(prep, weights: Sequence[float], divisor: float) -> tuple[np.ndarray, np.ndarray]:
     """Σᵢ wᵢ·xᵢ on the union, divided by a scalar (1 unless mergekit's normalize)."""
     live = [i for i, (idx, _) in enumerate(prep) if idx.size]
+    if not live:
+        return np.empty(0, np.int64), np.empty(0, np.float32)
     if len(live) == 1:  # one contributor: no union to build
         idx, val = prep[live[0]]
         w = weights[live[0]]
         val = val if w == 1.0 else val * np.float32(w)
         return idx, (val if divisor == 1.0 else val / np.float32(divisor))
-    union, pos = union_positions([idx for idx, _ in prep])
-    acc = np.zeros(union.size, np.float32)
-    for i in live:
-        acc[pos[i]] += prep[i][1] * np.float32(weights[i])
+    if max(int(prep[i][0][-1]) for i in live) < 1 << 32:
+        union, acc = _packed_sum([(prep[i][0], prep[i][1] * np.float32(weights[i]))
+                                  for i in live])
+    else:
+        union, pos = union_positions([idx for idx, _ in prep])
+        acc = np.zeros(union.size, np.float32)
+        for i in live:
+            acc[pos[i]] += prep[i][1] * np.float32(weights[i])
     if divisor != 1.0:
         acc /= np.float32(divisor)
     return union, acc
+
+
+def _packed_sum(terms: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Σ of sparse terms with indices < 2³²: sort (index << 32 | value bits) keys, one merge.
+
+    Each term stays a sorted run, so the stable sort (timsort) is a near-linear merge; the
+    values travel inside the keys and are summed per index with ``reduceat`` — no positions,
+    no scatter. Terms meeting at an index are added in the order of their bit patterns, so
+    the result does not depend on the order of the tickets.
+    """
+    shift = np.uint64(32)
+    keys = np.concatenate([(idx.view(np.uint64) << shift) | val.view(np.uint32)
+                           for idx, val in terms])
+    keys.sort(kind="stable")
+    vals = (keys & np.uint64(0xFFFFFFFF)).astype(np.uint32).view(np.float32)
+    keys >>= shift
+    starts = np.flatnonzero(_fresh(keys))
+    return keys[starts].view(np.int64), np.add.reduceat(vals, starts)
 
 
 def _mean(prep, weights: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -383,7 +426,8 @@ def merge_tensor(name: str, parts: Sequence[SparseDelta | None], params: MergePa
         params: the merge parameters.
         trims: for ``scope="global"`` with a trimming method (``ties``, ``magnitude_prune``):
             ticket position → flat indices that ticket keeps in this tensor under its global
-            top-k (computed by the engine over all its tensors). Ignored otherwise.
+            top-k (computed by the engine over all its tensors); a ticket left out keeps
+            nothing in this tensor. Required then, ignored otherwise.
         rng_for: source of DARE keep masks, ``(ticket, name, nnz, p) -> bool[nnz]``; default
             :func:`dare_keep_mask` with ``params.seed``.
 

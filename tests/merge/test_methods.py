@@ -184,8 +184,10 @@ def test_global_scope_uses_given_trims():
     want[a.indices[::2]] += a.values[::2]
     want[b.indices[:5]] += b.values[:5]
     np.testing.assert_allclose(got.to_dense(), want, rtol=1e-6)
-    with pytest.raises(MergeConfigError, match="ticket #2"):
-        merge_tensor(NAME, [a, b], params, trims={0: a.indices})
+    only_a = merge_tensor(NAME, [a, b], params, trims={0: a.indices})  # b keeps nothing here
+    np.testing.assert_array_equal(only_a.to_dense(), a.to_dense())
+    with pytest.raises(MergeConfigError, match="--scope global"):
+        merge_tensor(NAME, [a, b], params)
     outside = np.setdiff1d(np.arange(200), b.indices)[:1]
     with pytest.raises(CorruptTicketError, match="not stored"):
         merge_tensor(NAME, [a, b], params, trims={0: a.indices, 1: outside})
@@ -371,3 +373,14 @@ def test_negation_removes_a_ticket(parts):
         other = parts[1]
         out = dense_of([other, t, t], MergeParams(weights=(1.0, 1.0, -1.0)))
         np.testing.assert_allclose(out, other.to_dense(), atol=1e-5)
+
+
+def test_huge_indices_take_the_general_paths():
+    numel = 2**62
+    a = SparseDelta(np.array([3, 2**33, 2**61]), np.array([1.0, 2.0, 3.0]), numel)
+    b = SparseDelta(np.array([3, 2**34]), np.array([0.5, -1.0]), numel)
+    out = merge_tensor(NAME, [a, b], MergeParams(weights=(2.0, 2.0)))
+    assert out.indices.tolist() == [3, 2**33, 2**34, 2**61]
+    assert out.values.tolist() == [3.0, 4.0, -2.0, 6.0]
+    ties = merge_tensor(NAME, [a, b], MergeParams(method="ties"))
+    assert ties.values.tolist() == [0.75, 2.0, -1.0, 3.0]
