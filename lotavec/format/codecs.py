@@ -7,6 +7,8 @@ inconsistent. Decompression is bounded by the declared size.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import zstandard
 
@@ -19,7 +21,14 @@ _GAP_WIDTH = {"gaps8": 1, "gaps16": 2, "gaps32": 4}
 VALUE_CODECS = ("ulpdiff", "raw", "f32delta")
 
 _ZSTD_LEVEL = 1
-_dctx = zstandard.ZstdDecompressor()
+_local = threading.local()  # zstandard contexts are not thread-safe: one per thread
+
+
+def _dctx() -> zstandard.ZstdDecompressor:
+    d = getattr(_local, "dctx", None)
+    if d is None:
+        d = _local.dctx = zstandard.ZstdDecompressor()
+    return d
 
 
 def zstd_compress(data: bytes | memoryview | np.ndarray, level: int = _ZSTD_LEVEL) -> bytes:
@@ -37,7 +46,15 @@ def zstd_decompress(data: bytes | memoryview, expected: int, what: str) -> bytes
     if declared != expected:
         raise CorruptTicketError(f"{what}: zstd frame declares {declared} bytes, manifest expects {expected}")
     try:
-        out = _dctx.decompress(data, max_output_size=expected, allow_extra_data=False)
+        if expected == 0:
+            # decompress() returns b"" for an empty frame without reading it: check the whole
+            # stream is exactly one frame, with nothing after it.
+            obj = _dctx().decompressobj()
+            out = obj.decompress(data)
+            if not obj.eof or obj.unused_data:
+                raise CorruptTicketError(f"{what}: bytes after the zstd frame")
+        else:
+            out = _dctx().decompress(data, max_output_size=expected, allow_extra_data=False)
     except zstandard.ZstdError as e:
         raise CorruptTicketError(f"{what}: zstd stream is corrupt ({e})") from None
     if len(out) != expected:

@@ -206,10 +206,10 @@ def parse_tensor(v: Any, chunk_elements: int, where: str) -> TensorEntry:
     what = f"{where}: tensor {name!r}"
     shape = parse_shape(v.get("shape"), what)
     dtype = v.get("dtype")
-    if dtype not in TICKET_DTYPES:
+    if not isinstance(dtype, str) or dtype not in TICKET_DTYPES:
         raise UnsupportedFeatureError(f"{what}: dtype {dtype!r} is not one of {TICKET_DTYPES}")
     values = v.get("values")
-    if values not in VALUE_CODECS:
+    if not isinstance(values, str) or values not in VALUE_CODECS:
         raise UnsupportedFeatureError(f"{what}: unknown value codec {values!r}; upgrade lotavec")
     data = v.get("data")
     if not isinstance(data, str):

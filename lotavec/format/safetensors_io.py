@@ -112,7 +112,7 @@ def parse_header(head: bytes, file_size: int, where: str) -> tuple[dict[str, Ten
         if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
             raise InvalidHeaderError(f"{where}: tensor {name!r} entry must have exactly dtype, shape, data_offsets")
         dtype = entry["dtype"]
-        if dtype not in STORAGE:
+        if not isinstance(dtype, str) or dtype not in STORAGE:
             raise InvalidHeaderError(f"{where}: tensor {name!r} has unknown dtype {dtype!r}")
         shape = _parse_shape(name, entry["shape"], where)
         offs = entry["data_offsets"]
@@ -162,7 +162,7 @@ class SafetensorsFile:
             head = fh.read(8)
             if len(head) == 8:
                 (n,) = struct.unpack("<Q", head)
-                if n <= MAX_HEADER_BYTES:
+                if n <= MAX_HEADER_BYTES and 8 + n <= size:  # never allocate more than the file holds
                     head += fh.read(n)
             self.tensors, self.metadata, self.data_start = parse_header(head, size, self.path)
             self.size = size
