@@ -1,0 +1,284 @@
+"""Exact streaming top-k over float32 scores by radix selection on their bit patterns.
+
+Internal machinery of :mod:`lotavec.mask.select`. A non-negative finite float32 orders like the
+``uint32`` of its bits, so a score is handled as a *key* (``uint32``) and the k-th largest key is
+found with two 65536-bin histograms: one over the high 16 bits, one over the low 16 bits of the
+boundary bin.
+
+Pass 1 (:class:`_Scan`) histograms every eligible key above a running *cut* and keeps ("retains")
+the index and key of each such entry. The cut is the high-16-bit bin holding the k-th largest key
+seen so far; it only rises as data arrive, so an entry below it can never be selected and is
+neither counted nor kept. When the retained entries fit the memory budget, the answer is read
+from them and the scores are computed once. Otherwise pass 1 keeps only the histogram and a second
+pass collects the entries at or above the boundary bin (or, when that bin is too full, computes
+its low-bit histogram and a third pass emits the selection directly).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+
+from ..errors import SelectionError
+
+#: Elements per chunk: bounds the temporaries of every vectorised step (~4-16 MB each).
+CHUNK = 1 << 20
+NBINS = 1 << 16
+#: Smallest key of a non-finite float32 (+inf); NaNs and negative numbers have larger keys.
+KEY_INF = 0x7F800000
+_SIGN = 0x80000000
+
+Progress = Callable[[str, int, int], None] | None
+#: Per candidate, in flat-index order: pieces ``(chunk start, uint32 offsets or None, keys)``;
+#: ``None`` offsets mean the keys cover every offset of the chunk.
+Pieces = list[list[tuple[int, np.ndarray | None, np.ndarray]]]
+
+
+def checked_keys(cand) -> np.ndarray:
+    """Compute ``cand.scores()`` and return its bits as a flat ``uint32`` key array.
+
+    Raises:
+        SelectionError: wrong type, dtype or length; NaN, infinite or negative scores.
+    """
+    s = cand.scores()
+    if not isinstance(s, np.ndarray) or s.dtype != np.dtype("=f4"):
+        found = s.dtype if isinstance(s, np.ndarray) else type(s).__name__
+        raise SelectionError(
+            f"scores of tensor {cand.name!r} must be a native float32 numpy array, found {found}; "
+            "convert with .astype(np.float32)"
+        )
+    if s.size != cand.numel:
+        raise SelectionError(
+            f"scores of tensor {cand.name!r} have {s.size} elements, expected numel={cand.numel}"
+        )
+    keys = np.ascontiguousarray(s.reshape(-1)).view(np.uint32)
+    if keys.size and int(keys.max()) >= KEY_INF:
+        keys = _repair_or_raise(cand.name, keys)
+    return keys
+
+
+def _repair_or_raise(name: str, keys: np.ndarray) -> np.ndarray:
+    """Raise on NaN/inf/negative scores; map -0.0 to +0.0 (the only harmless large key)."""
+    mag = keys & np.uint32(0x7FFFFFFF)
+    bad = np.flatnonzero(mag >= KEY_INF)
+    if bad.size:
+        what = "NaN" if mag[bad[0]] > KEY_INF else "infinite"
+        raise SelectionError(
+            f"tensor {name!r} has {bad.size} {what}/non-finite scores (first at flat index "
+            f"{int(bad[0])}); the base or fine-tuned tensor holds NaN or inf: fix or exclude it"
+        )
+    neg = np.flatnonzero((keys >= _SIGN) & (mag != 0))
+    if neg.size:
+        raise SelectionError(
+            f"tensor {name!r} has {neg.size} negative scores (first at flat index {int(neg[0])}); "
+            "scores must be magnitudes |delta| >= 0"
+        )
+    return mag  # only -0.0 entries had the sign bit: now +0.0
+
+
+def chunks(numel: int, exclude: np.ndarray | None) -> Iterator[tuple[int, int, np.ndarray | None]]:
+    """Yield ``(start, stop, excluded local offsets or None)`` covering ``range(numel)``."""
+    for c0 in range(0, numel, CHUNK):
+        c1 = min(c0 + CHUNK, numel)
+        ex = None
+        if exclude is not None and exclude.size:
+            lo, hi = np.searchsorted(exclude, (c0, c1))
+            if hi > lo:
+                ex = exclude[lo:hi] - c0
+        yield c0, c1, ex
+
+
+def take(kc: np.ndarray, key: int, ex: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray]:
+    """Local offsets (uint32, or ``None`` for "all") and copies of eligible keys >= ``key``."""
+    if key == 0 and ex is None:
+        return None, kc.copy()
+    m = kc >= np.uint32(key) if key else np.ones(kc.size, dtype=bool)
+    if ex is not None:
+        m[ex] = False
+    loc = np.flatnonzero(m)
+    return loc.astype(np.uint32), kc[loc]
+
+
+def boundary(hist: np.ndarray, k: int) -> tuple[int, int]:
+    """Bin ``j`` holding the k-th largest entry, and how many entries of bin ``j`` are needed.
+
+    ``hist[i]`` counts entries in bin ``i`` (larger bin = larger key); requires
+    ``1 <= k <= hist.sum()``. Returns ``(j, need)`` with ``count(bins > j) < k <= count(bins >= j)``
+    and ``need = k - count(bins > j)``.
+    """
+    above = np.cumsum(hist[::-1])[::-1]  # above[i] = entries in bins >= i
+    j = int(np.count_nonzero(above >= k)) - 1
+    higher = int(above[j + 1]) if j + 1 < hist.size else 0
+    return j, k - higher
+
+
+class _Scan:
+    """Pass 1: histogram of eligible keys above a rising cut, with optional retention."""
+
+    def __init__(self, k: int, budget: int, retain: bool):
+        self.k = k
+        self.hist = np.zeros(NBINS, dtype=np.int64)
+        self.counted = 0  # entries in hist
+        self.zeros = 0  # eligible keys == 0 (exact while the cut is 0)
+        self.cut = 0  # key; multiple of NBINS
+        self.budget = budget
+        self.pieces: Pieces | None = [] if retain else None
+        self.retained = 0
+
+    def add(self, keys: np.ndarray, numel: int, exclude: np.ndarray | None) -> None:
+        """Histogram (and retain) one candidate's eligible keys at or above the cut."""
+        if self.pieces is not None:
+            self.pieces.append([])
+        for c0, c1, ex in chunks(numel, exclude):
+            kc = keys[c0:c1]
+            if self.pieces is not None:
+                loc, sel = take(kc, self.cut, ex)
+                self.pieces[-1].append((c0, loc, sel))
+                self.retained += sel.size
+                h = np.bincount(sel >> 16, minlength=NBINS)
+            elif self.cut == 0:  # histogram all, then take the excluded entries out again
+                sel = kc
+                h = np.bincount(kc >> 16, minlength=NBINS)
+                if ex is not None:
+                    h -= np.bincount(kc[ex] >> 16, minlength=NBINS)
+                    self.zeros -= ex.size - int(np.count_nonzero(kc[ex]))
+            else:
+                m = kc >= np.uint32(self.cut)
+                if ex is not None:
+                    m[ex] = False
+                sel = kc[np.flatnonzero(m)]  # boolean indexing is several times slower
+                h = np.bincount(sel >> 16, minlength=NBINS)
+            if self.cut == 0:
+                self.zeros += sel.size - int(np.count_nonzero(sel))
+            self.hist += h
+            self.counted += int(h.sum()) if ex is not None and self.pieces is None else sel.size
+            if self.counted >= self.k:
+                self.cut = boundary(self.hist, self.k)[0] << 16
+            if self.pieces is not None:
+                self._maybe_prune()
+
+    def _maybe_prune(self) -> None:
+        """Drop retained entries below the cut when over budget or when that frees half.
+
+        ``hist`` counts every entry ever retained, so the entries that must stay (those in bins
+        at or above the cut) are known before any work; retention is abandoned, without
+        pruning, when even they exceed 3/4 of the budget.
+        """
+        keep = int(self.hist[self.cut >> 16 :].sum())
+        if 8 * self.retained > self.budget:
+            if 8 * keep > self.budget * 3 // 4:
+                self.pieces = None  # retention does not pay off: fall back to more passes
+                return
+        elif self.retained - keep < max(keep, 1 << 22):
+            return
+        cut = np.uint32(self.cut)
+        for plist in self.pieces:
+            for i, (c0, loc, key) in enumerate(plist):
+                if key.size and key.min() < cut:
+                    p = np.flatnonzero(key >= cut)
+                    plist[i] = (c0, p.astype(np.uint32) if loc is None else loc[p], key[p])
+        self.retained = keep
+
+
+def collect(cands: Sequence, lo: int, progress: Progress, stage: str) -> tuple[Pieces, int]:
+    """A pass keeping (offsets, keys) of every eligible entry with key >= ``lo``."""
+    pieces: Pieces = []
+    total = 0
+    for i, cand in enumerate(cands):
+        keys = checked_keys(cand)
+        plist = []
+        for c0, c1, ex in chunks(cand.numel, cand.exclude):
+            loc, sel = take(keys[c0:c1], lo, ex)
+            plist.append((c0, loc, sel))
+            total += sel.size
+        pieces.append(plist)
+        del keys
+        _tick(progress, stage, i + 1, len(cands))
+    return pieces, total
+
+
+def low_histogram(cands: Sequence, b: int, progress: Progress, stage: str) -> np.ndarray:
+    """A pass histogramming the low 16 bits of eligible keys whose high 16 bits equal ``b``."""
+    h2 = np.zeros(NBINS, dtype=np.int64)
+    for i, cand in enumerate(cands):
+        keys = checked_keys(cand)
+        for c0, c1, ex in chunks(cand.numel, cand.exclude):
+            kc = keys[c0:c1]
+            m = (kc >> 16) == b
+            if ex is not None:
+                m[ex] = False
+            h2 += np.bincount(kc[np.flatnonzero(m)] & np.uint32(0xFFFF), minlength=NBINS)
+        del keys
+        _tick(progress, stage, i + 1, len(cands))
+    return h2
+
+
+def emit(cands: Sequence, t: int, r: int, progress: Progress, stage: str) -> list[np.ndarray]:
+    """A pass emitting keys > ``t`` plus the first ``r`` eligible keys == ``t`` (tie rule)."""
+    out = []
+    tt = np.uint32(t)
+    for i, cand in enumerate(cands):
+        keys = checked_keys(cand)
+        parts = []
+        for c0, c1, ex in chunks(cand.numel, cand.exclude):
+            kc = keys[c0:c1]
+            m = kc > tt
+            if r > 0:
+                eq = kc == tt
+                if ex is not None:
+                    eq[ex] = False
+                ties = np.flatnonzero(eq)[:r]
+                r -= ties.size
+                m[ties] = True
+            if ex is not None:
+                m[ex] = False
+            parts.append(np.flatnonzero(m) + c0)
+        out.append(_concat(parts))
+        del keys
+        _tick(progress, stage, i + 1, len(cands))
+    return out
+
+
+def threshold_from_pieces(pieces: Pieces, b: int, need: int) -> tuple[int, int]:
+    """Exact threshold key and tie count from retained pieces holding all of bin ``b``."""
+    h2 = np.zeros(NBINS, dtype=np.int64)
+    for plist in pieces:
+        for _, _, key in plist:
+            inbin = key[np.flatnonzero((key >> 16) == b)]
+            h2 += np.bincount(inbin & np.uint32(0xFFFF), minlength=NBINS)
+    lo_bits, r = boundary(h2, need)
+    return (b << 16) | lo_bits, r
+
+
+def resolve_pieces(pieces: Pieces, t: int, r: int) -> list[np.ndarray]:
+    """Selection from retained pieces: keys > ``t`` plus the first ``r`` keys == ``t``.
+
+    Frees each candidate's pieces as it goes, so retained and result memory do not add up.
+    """
+    out = []
+    tt = np.uint32(t)
+    for c in range(len(pieces)):
+        parts = []
+        for c0, loc, key in pieces[c]:
+            m = key > tt
+            if r > 0:
+                ties = np.flatnonzero(key == tt)[:r]
+                r -= ties.size
+                m[ties] = True
+            sel = np.flatnonzero(m)
+            parts.append((sel if loc is None else loc[sel].astype(np.int64)) + c0)
+        pieces[c] = []
+        out.append(_concat(parts))
+    return out
+
+
+def _concat(parts: list[np.ndarray]) -> np.ndarray:
+    if not parts:
+        return np.zeros(0, dtype=np.int64)
+    return parts[0].astype(np.int64, copy=False) if len(parts) == 1 else np.concatenate(parts)
+
+
+def _tick(progress: Progress, stage: str, done: int, total: int) -> None:
+    if progress is not None:
+        progress(stage, done, total)

@@ -1,0 +1,343 @@
+"""Exact, streaming, deterministic top-k mask selection.
+
+A *candidate* is a tensor whose entries may enter a ticket; its *scores* are the float32
+magnitudes ``|fine-tuned - base|`` in flat C order, recomputed by a callable each time they are
+needed, so that no more than one tensor's scores are ever held at once.
+
+Definitions (the spec repeats them):
+
+* **Eligible entries** are all entries of all candidates minus the ``exclude`` indices (the
+  entries of earlier tickets: LoTTO, ``--disjoint-from``). Excluded entries are never selected.
+* **Density and k.** ``density`` is relative to *all* candidate parameters, excluded ones
+  included, as LoTA defines it: ``k = floor(density x total + 1/2)`` (round half up), where the
+  density is taken as the decimal number Python prints for it (``0.1`` is exactly 1/10), so
+  ``--density 0.1`` and ``--sparsity 0.9`` give the same k. k is then clamped to the number of
+  eligible entries: asking for more than are eligible selects all eligible entries.
+* **Global scope** (default, as LoTA): exactly k entries with the largest scores across all
+  candidates, i.e. one threshold for every tensor, so densities differ between tensors.
+* **Tensor scope**: each tensor independently keeps ``k_t = floor(density x numel_t + 1/2)``
+  entries (clamped to its eligible count); the total may differ from the global k by rounding.
+  Tensor scope takes a density (or sparsity), not k: a k has no unambiguous split.
+* **Tie rule**: entries whose score equals the threshold score are taken in
+  (candidate order, flat index) order until exactly k are selected. Entries scoring above the
+  threshold are all selected. The result is therefore exact and reproducible.
+* Scores must be finite and non-negative (``-0.0`` counts as ``0``); NaN or inf raises
+  :class:`~lotavec.errors.SelectionError` naming the tensor. Zero scores are eligible: when k
+  exceeds the number of changed entries, unchanged entries fill the rest by the tie rule.
+* Density 0 selects nothing (every candidate maps to an empty array); density 1 selects every
+  eligible entry. Scores are still computed once to validate them.
+
+Algorithm and memory: radix selection on the float32 bit patterns (see ``_radix``). Scores are
+computed once when the entries at or above the running threshold fit ``max_retained_bytes``
+(default ``8 x k + 8 x largest numel + 32 MiB``, i.e. about the size of the result); otherwise two
+passes, or three when the boundary histogram bin is itself too large. Peak memory beyond the inputs
+and the returned selection (8 bytes per selected entry): one tensor's scores (as returned by the
+callable), the retained entries (at most the budget) and chunk temporaries (~32 MB), which is
+within ``3 x largest candidate in float32 + 64 MiB`` beyond the result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from fractions import Fraction
+from typing import Literal
+
+import numpy as np
+
+from ..errors import SelectionError
+from . import _radix
+from ._radix import Progress
+
+_SCOPES = ("global", "tensor")
+
+
+@dataclass(frozen=True, eq=False)
+class Candidate:
+    """One tensor eligible for selection.
+
+    Args:
+        name: tensor name (unique among the candidates).
+        numel: number of entries.
+        scores: returns the float32 scores ``|delta|`` (non-negative, length ``numel``, C order).
+            It may be called several times and must return the same values each time.
+        exclude: sorted, unique int64 flat indices that may not be selected, or ``None``.
+
+    Raises:
+        SelectionError: negative numel, or ``exclude`` not sorted/unique/in range.
+    """
+
+    name: str
+    numel: int
+    scores: Callable[[], np.ndarray]
+    exclude: np.ndarray | None = None
+
+    def __post_init__(self):
+        if isinstance(self.numel, bool) or int(self.numel) != self.numel or self.numel < 0:
+            raise SelectionError(
+                f"tensor {self.name!r}: numel must be an integer >= 0, got {self.numel!r}"
+            )
+        object.__setattr__(self, "numel", int(self.numel))
+        if self.exclude is not None:
+            ex = np.asarray(self.exclude)
+            if ex.ndim != 1 or (ex.size and ex.dtype.kind not in "iu"):
+                raise SelectionError(f"tensor {self.name!r}: exclude must be a 1-D integer array")
+            ex = ex.astype(np.int64, copy=False)
+            if ex.size and (ex[0] < 0 or ex[-1] >= self.numel or np.any(ex[1:] <= ex[:-1])):
+                raise SelectionError(
+                    f"tensor {self.name!r}: exclude must hold strictly increasing flat indices "
+                    f"in [0, {self.numel}); sort and deduplicate them (np.unique)"
+                )
+            object.__setattr__(self, "exclude", ex if ex.size else None)
+
+    @property
+    def eligible(self) -> int:
+        """Entries that may be selected (numel minus excluded)."""
+        return self.numel - (0 if self.exclude is None else self.exclude.size)
+
+
+def _exact(x: float, flag: str) -> Fraction:
+    """The decimal value ``x`` prints as, checked to lie in [0, 1]."""
+    if isinstance(x, bool) or not isinstance(x, (int, float, np.floating, np.integer)):
+        raise SelectionError(f"{flag} must be a number in [0, 1], got {x!r}")
+    if not np.isfinite(x) or not 0 <= x <= 1:
+        raise SelectionError(f"{flag} must be in [0, 1], got {x!r}")
+    return Fraction(Decimal(repr(float(x))))
+
+
+def _half_up(x: Fraction) -> int:
+    return int((x + Fraction(1, 2)).__floor__())
+
+
+def resolve_density(density: float | None = None, sparsity: float | None = None) -> Fraction:
+    """Exact density from exactly one of ``density`` / ``sparsity`` (= 1 - density).
+
+    Raises:
+        SelectionError: both or neither given, or a value outside [0, 1].
+    """
+    if (density is None) == (sparsity is None):
+        raise SelectionError("give exactly one of --density and --sparsity")
+    if density is not None:
+        return _exact(density, "--density")
+    return 1 - _exact(sparsity, "--sparsity")
+
+
+def resolve_k(
+    total: int,
+    *,
+    k: int | None = None,
+    density: float | None = None,
+    sparsity: float | None = None,
+    eligible: int | None = None,
+) -> int:
+    """Number of entries to select.
+
+    Args:
+        total: all candidate parameters (excluded entries included).
+        k: an explicit count; or ``density`` (fraction of ``total``); or ``sparsity``
+            (1 - density). Exactly one of the three.
+        eligible: entries that may be selected (default ``total``); k is clamped to it.
+
+    Returns:
+        ``min(k, eligible)`` with ``k = floor(density x total + 1/2)`` for a density, computed
+        exactly from the decimal value of the density (see the module docstring).
+
+    Raises:
+        SelectionError: not exactly one of k/density/sparsity, a density or sparsity outside
+            [0, 1], a negative or non-integer k.
+    """
+    given = sum(v is not None for v in (k, density, sparsity))
+    if given != 1:
+        raise SelectionError("give exactly one of k, --density and --sparsity")
+    eligible = total if eligible is None else eligible
+    if k is not None:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+            raise SelectionError(f"k must be an integer >= 0, got {k!r}")
+        return int(min(k, eligible))
+    return min(_half_up(resolve_density(density, sparsity) * total), eligible)
+
+
+def _check_candidates(candidates: Sequence[Candidate]) -> list[Candidate]:
+    cands = list(candidates)
+    if not cands:
+        raise SelectionError(
+            "no candidate tensors to select from; check the --include/--exclude patterns"
+        )
+    seen = set()
+    for c in cands:
+        if not isinstance(c, Candidate):
+            raise SelectionError(f"expected Candidate objects, found {type(c).__name__}")
+        if c.name in seen:
+            raise SelectionError(f"tensor {c.name!r} is listed twice among the candidates")
+        seen.add(c.name)
+    return cands
+
+
+def _default_budget(cands: Sequence[Candidate], k: int) -> int:
+    return 8 * k + 8 * max(c.numel for c in cands) + (32 << 20)
+
+
+def select_topk(
+    candidates: Sequence[Candidate],
+    *,
+    k: int | None = None,
+    density: float | None = None,
+    sparsity: float | None = None,
+    scope: Literal["global", "tensor"] = "global",
+    progress: Progress = None,
+    max_retained_bytes: int | None = None,
+) -> dict[str, np.ndarray]:
+    """Select the entries with the largest scores (exact, streaming, deterministic).
+
+    Args:
+        candidates: the tensors to select from, in tie-rule order.
+        k: number of entries (global scope only); or ``density`` / ``sparsity``.
+        scope: ``"global"`` (one threshold across all candidates) or ``"tensor"``.
+        progress: optional ``progress(stage, done, total)`` called after each tensor of a pass.
+        max_retained_bytes: memory allowed for keeping entries between passes (default: about
+            the size of the result, see the module docstring); 0 never retains.
+
+    Returns:
+        ``{name: sorted int64 flat indices}`` for every candidate, in candidate order.
+
+    Raises:
+        SelectionError: invalid k/density/sparsity/scope, no or duplicate candidates, bad or
+            non-finite scores, scores that change between calls.
+    """
+    cands = _check_candidates(candidates)
+    if scope not in _SCOPES:
+        raise SelectionError(f"--scope must be one of {', '.join(_SCOPES)}; got {scope!r}")
+    if scope == "tensor":
+        if k is not None:
+            raise SelectionError(
+                "--scope tensor takes --density or --sparsity, not k (a count has no unique "
+                "split across tensors); pass density=k/total instead"
+            )
+        return _select_per_tensor(
+            cands, resolve_density(density, sparsity), progress, max_retained_bytes
+        )
+    total = sum(c.numel for c in cands)
+    kk = resolve_k(
+        total, k=k, density=density, sparsity=sparsity, eligible=sum(c.eligible for c in cands)
+    )
+    budget = _default_budget(cands, kk) if max_retained_bytes is None else max_retained_bytes
+    out = _select_global(cands, kk, budget, progress, retain=budget > 0)
+    return {c.name: o for c, o in zip(cands, out)}
+
+
+def _select_per_tensor(cands, dens: Fraction, progress: Progress, budget: int | None):
+    out = {}
+    for i, c in enumerate(cands):
+        kt = min(_half_up(dens * c.numel), c.eligible)
+        keys = _radix.checked_keys(c)  # computed once; later passes reuse it
+        cached = Candidate(c.name, c.numel, lambda keys=keys: keys.view(np.float32), c.exclude)
+        b = _default_budget([c], kt) if budget is None else budget
+        out[c.name] = _select_global([cached], kt, b, None, retain=b > 0)[0]
+        del keys, cached
+        _radix._tick(progress, "select (per tensor)", i + 1, len(cands))
+    return out
+
+
+def _changed_error(what: str) -> SelectionError:
+    return SelectionError(
+        f"scores changed between passes ({what}); the scores callable of every candidate must "
+        "return the same values each time it is called"
+    )
+
+
+def _select_global(
+    cands, k: int, budget: int, progress: Progress, retain: bool
+) -> list[np.ndarray]:
+    """Exactly k entries over all candidates (``0 <= k <= eligible``), by the tie rule."""
+    n = len(cands)
+    if k == 0 or k == sum(c.eligible for c in cands):
+        for i, c in enumerate(cands):
+            _radix.checked_keys(c)
+            _radix._tick(progress, "validate scores", i + 1, n)
+        return [_none(c) for c in cands] if k == 0 else [_everything(c) for c in cands]
+    scan = _radix._Scan(k, budget, retain)
+    for i, c in enumerate(cands):
+        scan.add(_radix.checked_keys(c), c.numel, c.exclude)
+        _radix._tick(progress, "select pass 1", i + 1, n)
+    hist = scan.hist
+    b, need = _radix.boundary(hist, k)
+    if scan.pieces is not None:
+        t, r = _radix.threshold_from_pieces(scan.pieces, b, need)
+        out = _radix.resolve_pieces(scan.pieces, t, r)
+    else:
+        lo = b << 16
+        if b == 0:  # the cut never rose: hist holds every eligible entry, zeros counted apart
+            positive = scan.counted - scan.zeros
+            if positive < k:  # the threshold is 0: emit directly, zeros by the tie rule
+                return _checked(_radix.emit(cands, 0, k - positive, progress, "select pass 2"), k)
+            hist[0] -= scan.zeros
+            lo = 1
+        expected = int(hist[b:].sum())
+        if 8 * expected <= budget:
+            pieces, found = _radix.collect(cands, lo, progress, "select pass 2")
+            if found != expected:
+                raise _changed_error(
+                    f"{found} entries at or above the boundary, expected {expected}"
+                )
+            t, r = _radix.threshold_from_pieces(pieces, b, need)
+            out = _radix.resolve_pieces(pieces, t, r)
+        else:
+            h2 = _radix.low_histogram(cands, b, progress, "select pass 2")
+            if b == 0:
+                h2[0] -= scan.zeros
+            if int(h2.sum()) != int(hist[b]):
+                raise _changed_error(f"boundary bin holds {int(h2.sum())}, expected {int(hist[b])}")
+            lo_bits, r = _radix.boundary(h2, need)
+            out = _radix.emit(cands, (b << 16) | lo_bits, r, progress, "select pass 3")
+    return _checked(out, k)
+
+
+def _checked(out: list[np.ndarray], k: int) -> list[np.ndarray]:
+    found = sum(o.size for o in out)
+    if found != k:
+        raise _changed_error(f"selected {found} entries, expected {k}")
+    return out
+
+
+def _none(c: Candidate) -> np.ndarray:
+    return np.zeros(0, dtype=np.int64)
+
+
+def _everything(c: Candidate) -> np.ndarray:
+    if c.exclude is None:
+        return np.arange(c.numel, dtype=np.int64)
+    keep = np.ones(c.numel, dtype=bool)
+    keep[c.exclude] = False
+    return np.flatnonzero(keep)
+
+
+def select_changed(
+    candidates: Sequence[Candidate], *, progress: Progress = None
+) -> dict[str, np.ndarray]:
+    """Every eligible entry with a score > 0 (``--all-changed``: a lossless conversion).
+
+    Args:
+        candidates: the tensors; excluded entries are never selected.
+        progress: optional ``progress(stage, done, total)`` called after each tensor.
+
+    Returns:
+        ``{name: sorted int64 flat indices}`` for every candidate.
+
+    Raises:
+        SelectionError: no or duplicate candidates, bad or non-finite scores.
+    """
+    cands = _check_candidates(candidates)
+    out = {}
+    for i, c in enumerate(cands):
+        keys = _radix.checked_keys(c)
+        parts = []
+        for c0, c1, ex in _radix.chunks(c.numel, c.exclude):
+            m = keys[c0:c1] != 0
+            if ex is not None:
+                m[ex] = False
+            parts.append(np.flatnonzero(m) + c0)
+        out[c.name] = _radix._concat(parts)
+        del keys
+        _radix._tick(progress, "select changed", i + 1, len(cands))
+    return out
