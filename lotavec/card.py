@@ -130,15 +130,18 @@ def ticket_card(summary: Mapping[str, Any], *, repo_id: str | None = None) -> st
 
 def _source(entry: str | Mapping[str, Any]) -> tuple[str, str | None, str | None]:
     """(label, Hub repo id or None, revision or None) of a merge input."""
-    if isinstance(entry, str):
-        from .hub import parse_ref
+    from .hub import cache_ref, parse_ref
 
-        ref = parse_ref(entry)
+    if isinstance(entry, str):
+        ref = parse_ref(entry) or cache_ref(entry)
         return (ref.repo_id, ref.repo_id, ref.revision) if ref else (entry, None, None)
     repo = entry.get("repo_id")
     rev = entry.get("revision_sha") or entry.get("revision")
-    label = repo or str(entry.get("path") or entry.get("spec") or "?")
-    return label, repo, rev
+    path = entry.get("path") or entry.get("spec")
+    cached = cache_ref(path) if repo is None and path else None
+    if cached is not None:
+        return cached.repo_id, cached.repo_id, rev or cached.revision
+    return repo or str(path or "?"), repo, rev
 
 
 def merged_card(base: str | Mapping[str, Any], tickets: Sequence[str | Mapping[str, Any]], method: str,

@@ -226,7 +226,7 @@ def _hub_errors(ref: HubRef, *, filename: str | None = None, fetch: str = "", pu
     except hfe.RemoteEntryNotFoundError:
         raise NotFoundError(
             f"Hub repository {repo!r} has no file {filename!r} at {ref.revision or 'main'}: "
-            f"list its files at {_endpoint()}/{repo}/tree/main"
+            f"list its files at {_endpoint()}/{repo}/tree/{ref.revision or 'main'}"
         ) from None
     except hfe.HfHubHTTPError as e:
         raise HubError(_http_message(e, ref, pushing)) from None
@@ -274,8 +274,24 @@ def _quiet_bar(progress: Progress | None, stage: str):
 
 
 def _resolve_sha(ref: HubRef, fetch: str) -> str:
+    # Offline, read the cached refs/ directly rather than letting the client try and warn.
     with _hub_errors(ref, fetch=fetch):
-        return str(_api().resolve_revision(ref.repo_id, revision=ref.revision).resolved)
+        return str(_api().resolve_revision(ref.repo_id, revision=ref.revision, local_files_only=_offline()).resolved)
+
+
+def cache_ref(path: str | os.PathLike) -> HubRef | None:
+    """The Hub id and commit sha of a path inside the Hugging Face cache, else ``None``.
+
+    Recognizes ``.../models--<org>--<name>/snapshots/<sha>[/...]`` (the cache layout
+    huggingface_hub documents), so a cached path can be recorded as ``org/name@sha``.
+    """
+    parts = Path(os.path.abspath(path)).parts
+    for i in range(len(parts) - 2):
+        if parts[i].startswith("models--") and parts[i + 1] == "snapshots" and re.fullmatch(r"[0-9a-f]{40}", parts[i + 2]):
+            org_name = parts[i][len("models--"):].split("--", 1)
+            if len(org_name) == 2:
+                return HubRef("/".join(org_name), parts[i + 2])
+    return None
 
 
 # --- resolving ---------------------------------------------------------------------------------
@@ -493,6 +509,8 @@ def push_files(repo_id: str, files: Mapping[str, str | os.PathLike | bytes], *, 
     from huggingface_hub import CommitOperationAdd, get_token
     from huggingface_hub import errors as hfe
 
+    if _offline():
+        raise HubError(f"cannot push to {repo_id} while HF_HUB_OFFLINE=1 is set: unset HF_HUB_OFFLINE and retry")
     if get_token() is None:
         raise HubError("pushing to the Hub needs a token: run `hf auth login` or set HF_TOKEN (a token with write access)")
     api = _api()

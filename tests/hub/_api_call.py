@@ -1,8 +1,9 @@
-"""Run one lotavec Hub call in a fresh interpreter and print its result as JSON (test helper).
+"""Run lotavec Hub calls in a fresh interpreter and print their results as JSON (test helper).
 
-Usage: ``python _api_call.py FUNCTION '{"args": [...], "kwargs": {...}}'``. FUNCTION is a name in
-:mod:`lotavec.hub`, or ``load_ticket`` (prints the ticket's tensor names and nnz). Prints
-``{"ok": result}`` or ``{"error": class name, "message": str}`` as the last stdout line.
+Usage: ``python _api_call.py '[[FUNCTION, [args...], {kwargs...}], ...]'``. FUNCTION is a name in
+:mod:`lotavec.hub`, or ``load_ticket`` (gives the ticket's tensor names, nnz and path). Prints one
+JSON list as the last stdout line, an entry per call: ``{"ok": result}`` or
+``{"error": class name, "message": str}``.
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ import json
 import sys
 
 
-def main() -> None:
-    fn, payload = sys.argv[1], json.loads(sys.argv[2])
+def _call(fn: str, args: list, kwargs: dict) -> dict:
     import lotavec.hub as hub
     from lotavec.errors import LotavecError
 
@@ -21,15 +21,17 @@ def main() -> None:
         if fn == "load_ticket":
             from lotavec.ticket import load_ticket
 
-            with load_ticket(*payload["args"], **payload["kwargs"]) as t:
-                result = {"names": t.names, "nnz": t.nnz, "path": t.path}
-        else:
-            result = getattr(hub, fn)(*payload["args"], **payload["kwargs"])
-            if dataclasses.is_dataclass(result):
-                result = dataclasses.asdict(result)
-        print(json.dumps({"ok": result}, default=str))
+            with load_ticket(*args, **kwargs) as t:
+                return {"ok": {"names": t.names, "nnz": t.nnz, "path": t.path}}
+        result = getattr(hub, fn)(*args, **kwargs)
+        return {"ok": dataclasses.asdict(result) if dataclasses.is_dataclass(result) else result}
     except LotavecError as e:
-        print(json.dumps({"error": type(e).__name__, "message": str(e)}))
+        return {"error": type(e).__name__, "message": str(e)}
+
+
+def main() -> None:
+    calls = json.loads(sys.argv[1])
+    print(json.dumps([_call(fn, args, kwargs) for fn, args, kwargs in calls], default=str))
 
 
 if __name__ == "__main__":

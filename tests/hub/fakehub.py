@@ -119,13 +119,16 @@ class FakeHub:
     # --- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> FakeHub:
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        """Stop serving (idempotent); later requests get "connection refused"."""
+        if self._thread is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._thread = None
 
     # --- direct (non-HTTP) helpers for tests -----------------------------------------------
 
@@ -574,6 +577,7 @@ def _send(h: BaseHTTPRequestHandler, method: str, status: int, payload, headers:
 def _make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body are separate writes: avoid 40 ms stalls
 
         def log_message(self, format, *args):  # keep test output clean
             pass

@@ -19,11 +19,12 @@ from fakehub import WRITE_TOKEN, FakeHub
 
 HERE = Path(__file__).parent
 
+# The project's `lotavec` group; push/pull are added if cli/main.py does not register them yet.
 _CLI = (
-    "import click\n"
-    "from lotavec_cli import main as m\n"
     "from lotavec_cli.cmd_hub import pull, push\n"
-    "cli = m.cli if 'push' in m.cli.commands else click.Group(commands={'push': push, 'pull': pull})\n"
+    "from lotavec_cli.main import cli\n"
+    "for c in (push, pull):\n"
+    "    cli.commands.setdefault(c.name, c)\n"
     "cli(prog_name='lotavec')\n"
 )
 
@@ -54,8 +55,13 @@ def run_cli(args: list[str], env: dict[str, str], cwd: Path | None = None) -> su
 
 def run_api(fn: str, env: dict[str, str], *args, **kwargs) -> dict:
     """Call ``lotavec.hub.<fn>`` (or ``load_ticket``) in a subprocess; ``{"ok": ...}`` or ``{"error", "message"}``."""
-    p = subprocess.run([sys.executable, str(HERE / "_api_call.py"), fn, json.dumps({"args": args, "kwargs": kwargs})],
-                       env=env, capture_output=True, text=True, timeout=120)
+    return run_api_batch([(fn, args, kwargs)], env)[0]
+
+
+def run_api_batch(calls: list[tuple[str, tuple, dict]], env: dict[str, str]) -> list[dict]:
+    """Several :func:`run_api` calls in one subprocess (one interpreter start), in order."""
+    payload = json.dumps([[fn, list(args), kwargs] for fn, args, kwargs in calls])
+    p = subprocess.run([sys.executable, str(HERE / "_api_call.py"), payload], env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     return json.loads(p.stdout.strip().splitlines()[-1])
 
