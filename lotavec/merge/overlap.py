@@ -3,7 +3,7 @@
 :func:`overlap_report` streams over tensors (one ``(name, parts)`` pair at a time, so nothing but
 one tensor's parts is held) and tallies, for every pair of tickets, the entries both store, their
 Jaccard index and how often their signs agree there — in total, per tensor and per layer — plus
-what a TIES merge would trim and drop (:func:`lotavec.merge.methods.ties_breakdown`).
+what a TIES merge would trim and drop (:func:`ties_breakdown`).
 :func:`assert_disjoint` is the cheap pre-check of ``--method disjoint`` over a whole merge.
 """
 
@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import DisjointnessError, MergeConfigError
 from .config import MergeParams
-from .methods import SparseDelta, overlap_counts, ties_breakdown
+from .methods import SparseDelta, elect, overlap_counts, prepare_parts
 
 #: A tensor's layer: the number after ``layers.``, ``layer.``, ``h.``, ``blocks.`` or ``block.``.
 LAYER_RE = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
@@ -174,6 +174,30 @@ def _tensor_tally(parts: Sequence[SparseDelta | None], n: int) -> _Tally:
                 same = np.sign(p.values[hit]) == np.sign(q.values[loc[hit]])
                 t.agree[i, j] = np.count_nonzero(same)
     return t
+
+
+def ties_breakdown(name: str, parts: Sequence[SparseDelta | None], params: MergeParams, *,
+                   trims: Mapping[int, np.ndarray] | None = None) -> tuple[list[int], list[int]]:
+    """What a consensus merge (``ties``, ``dare_ties``) would do to each ticket on one tensor.
+
+    Args:
+        name, parts, params, trims: as for :func:`lotavec.merge.methods.merge_tensor`.
+
+    Returns:
+        ``(trimmed, dropped)``: per ticket, the stored entries removed by the trim (or DARE)
+        and the surviving nonzero entries then outvoted by the sign election.
+
+    Raises:
+        MergeConfigError: ``params.method`` has no sign election.
+    """
+    if params.method not in ("ties", "dare_ties"):
+        raise MergeConfigError(f"ties_breakdown needs method ties or dare_ties, "
+                               f"got {params.method!r}")
+    full, prep = prepare_parts(name, parts, params, trims=trims)
+    _, _, matches = elect(prep, [params.weight_of(i) for i in range(len(full))], params)
+    trimmed = [p.nnz - idx.size for p, (idx, _) in zip(full, prep)]
+    dropped = [int(np.count_nonzero(~m & (val != 0))) for m, (_, val) in zip(matches, prep)]
+    return trimmed, dropped
 
 
 def overlap_report(tensors: TensorStream, tickets: Sequence[str], *,

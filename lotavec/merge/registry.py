@@ -76,7 +76,8 @@ class MethodSpec:
         name: the ``--method`` / ``merge_method`` value.
         formula: one line, in the notation of this module.
         paper: URL of the paper the method comes from (``None`` for lotavec's own).
-        peers: for each ``semantics``, the peer function it matches (or how it differs).
+        peers: for each ``semantics``, the peer function it matches (or how it differs);
+            trimming methods also say which ``scope`` they use under ``"scope"``.
         params: names of the :data:`PARAMS` the method reads; others are refused.
         sparsify: ``"magnitude"`` (trim), ``"random"`` (DARE) or ``None``.
         consensus: whether a sign election precedes the disjoint mean.
@@ -132,7 +133,9 @@ METHODS: tuple[MethodSpec, ...] = (
                 "mergekit: λ·Σᵢ wᵢTᵢMᵢ [/ Σᵢ wᵢMᵢ if normalize], s elected on wᵢTᵢ",
         paper=TIES_PAPER,
         peers={"peft": "peft.utils.merge_utils.ties",
-               "mergekit": "merge_method: ties (generalized_task_arithmetic, consensus sum)"},
+               "mergekit": "merge_method: ties (normalize on by default: on disjoint tickets "
+                           "the weights cancel, giving Σⱼ τⱼ; PEFT gives Σᵢ wᵢτᵢ)",
+               "scope": "trim per tensor (PEFT, mergekit) or --scope global (TIES paper, LoTA)"},
         params=_LINEAR + _TRIM + _ELECT,
         sparsify="magnitude",
         consensus=True,
@@ -140,7 +143,8 @@ METHODS: tuple[MethodSpec, ...] = (
     ),
     MethodSpec(
         name="dare_linear",
-        formula="λ · Σᵢ wᵢ·Dᵢ (Dᵢ = Bᵢ⊙τᵢ ÷ p, or × ‖τᵢ‖₁/‖Bᵢ⊙τᵢ‖₁ with rescale l1)",
+        formula="λ · Σᵢ wᵢ·Dᵢ (Dᵢ = Bᵢ⊙τᵢ ÷ p, or × ‖τᵢ‖₁/‖Bᵢ⊙τᵢ‖₁ with rescale l1); "
+                "Bᵢ from dare_keep_mask(seed, i, tensor)",
         paper=DARE_PAPER,
         peers={"peft": "peft.utils.merge_utils.dare_linear",
                "mergekit": "merge_method: dare_linear"},
@@ -165,7 +169,8 @@ METHODS: tuple[MethodSpec, ...] = (
         paper=TIES_PAPER,
         peers={"peft": "peft.utils.merge_utils.magnitude_prune",
                "mergekit": "no mergekit method; generalized task arithmetic with magnitude "
-                           "sparsification and no consensus"},
+                           "sparsification and no consensus",
+               "scope": "trim per tensor (PEFT) or --scope global (TIES paper, LoTA)"},
         params=_LINEAR + _TRIM,
         sparsify="magnitude",
         density_required=True,
@@ -187,3 +192,20 @@ def get_method(name: str) -> MethodSpec:
         raise MergeConfigError(
             f"--method: unknown merge method {name!r}; known: {', '.join(METHOD_BY_NAME)}"
         ) from None
+
+
+def method_help(name: str | None = None) -> str:
+    """Help text for one method, or all of them: formula, peers, paper (for ``--help``).
+
+    Raises:
+        MergeConfigError: unknown method.
+    """
+    specs = METHODS if name is None else (get_method(name),)
+    blocks = []
+    for m in specs:
+        lines = [f"{m.name}: {m.formula}"]
+        lines += [f"  {sem}: {peer}" for sem, peer in m.peers.items()]
+        if m.paper:
+            lines.append(f"  paper: {m.paper}")
+        blocks.append("\n".join(lines))
+    return "\n".join(blocks)

@@ -86,7 +86,8 @@ def test_to_json_is_serializable():
 def test_registry_declarations_are_complete():
     names = {p.name for p in PARAMS}
     for m in METHODS:
-        assert m.formula and m.peers.keys() == {"peft", "mergekit"}
+        assert m.formula and {"peft", "mergekit"} <= m.peers.keys()
+        assert ("scope" in m.peers) == (m.sparsify == "magnitude") == ("scope" in m.params)
         assert set(m.params) <= names, m.name
         assert get_method(m.name) is m
     assert [m.name for m in METHODS][0] == "sum"
@@ -209,3 +210,13 @@ def test_cli_errors_name_the_flag():
         merge_config_from_args("base", ["a"], method="ties", density="half")
     with pytest.raises(MergeConfigError, match="at least one ticket"):
         merge_config_from_args("base", [])
+
+
+def test_method_help():
+    from lotavec.merge.registry import method_help
+
+    text = method_help("ties")
+    assert "peft.utils.merge_utils.ties" in text and "2306.01708" in text
+    assert all(m.name in method_help() for m in METHODS)
+    with pytest.raises(MergeConfigError, match="--method"):
+        method_help("nope")

@@ -18,11 +18,12 @@ from lotavec.merge.config import MergeParams
 from lotavec.merge.methods import (
     SparseDelta,
     dare_keep_mask,
+    iter_merge_tensor,
     merge_tensor,
-    ties_breakdown,
     trim_keep,
     union_positions,
 )
+from lotavec.merge.overlap import ties_breakdown
 from lotavec.merge.registry import METHODS
 
 NAME = "model.layers.0.self_attn.q_proj.weight"
@@ -384,3 +385,22 @@ def test_huge_indices_take_the_general_paths():
     assert out.values.tolist() == [3.0, 4.0, -2.0, 6.0]
     ties = merge_tensor(NAME, [a, b], MergeParams(method="ties"))
     assert ties.values.tolist() == [0.75, 2.0, -1.0, 3.0]
+
+
+@pytest.mark.parametrize("kw", [
+    dict(method="sum", weights=(0.5, 2.0, -1.0)), dict(method="mean"),
+    dict(method="ties", density=0.1, semantics="mergekit"),
+    dict(method="ties", density=0.2, majority_sign_method="frequency"),
+    dict(method="dare_ties", density=0.5, seed=2), dict(method="dare_linear", density=0.3, seed=2,
+                                                         semantics="mergekit", normalize=True),
+    dict(method="magnitude_prune", density=0.05, lambda_=0.5),
+])
+def test_chunked_merge_equals_whole(kw):
+    parts = tickets(19, 3000, [900, 700, 1200])
+    whole = merge_tensor(NAME, parts, MergeParams(**kw))
+    pieces = list(iter_merge_tensor(NAME, parts, MergeParams(**kw), chunk_entries=60))
+    assert len(pieces) >= 3
+    starts = [p.indices[0] for p in pieces if p.nnz]
+    assert starts == sorted(starts)
+    assert np.array_equal(np.concatenate([p.indices for p in pieces]), whole.indices)
+    assert np.array_equal(np.concatenate([p.values for p in pieces]), whole.values)
