@@ -95,6 +95,11 @@ class TicketTensor:
         """
         if dtype not in TICKET_DTYPES:
             raise FormatError(f"tensor {name!r}: dtype {dtype} cannot be stored in a ticket (BF16, F16, F32 only)")
+        want = _storage_of(dtype)
+        if base.dtype != want or finetuned.dtype != want:
+            raise TensorMismatchError(
+                f"tensor {name!r}: {dtype} needs storage {want}, got base {base.dtype} / fine-tuned {finetuned.dtype}"
+            )
         shape = tuple(base.shape)
         idx = check_indices(name, indices, math.prod(shape))
         bflat = base.reshape(-1)
@@ -119,6 +124,8 @@ class TicketTensor:
     def from_delta(cls, name: str, base: np.ndarray, indices: np.ndarray, delta: np.ndarray, dtype: str,
                    *, fingerprint: bool = True) -> TicketTensor:
         """Build an ``f32delta`` tensor from float deltas that do not come from a checkpoint."""
+        if base.dtype != _storage_of(dtype):
+            raise TensorMismatchError(f"tensor {name!r}: {dtype} needs storage {_storage_of(dtype)}, got base {base.dtype}")
         idx = check_indices(name, indices, base.size)
         d = np.ascontiguousarray(delta, dtype=np.float32).reshape(-1)
         if d.size != idx.size:
@@ -146,7 +153,10 @@ class TicketTensor:
                     "the base is not the one this ticket was made from, or the ticket is corrupt"
                 )
             return out.view(_storage_of(self.dtype))
-        return from_float32(to_float32(base_at, self.dtype) + self.payload, self.dtype)
+        out = from_float32(to_float32(base_at, self.dtype) + self.payload, self.dtype)
+        if nonfinite_bits(np.ascontiguousarray(out).view(BITS[self.dtype]), self.dtype).any():
+            raise CorruptTicketError(f"tensor {self.name!r}: base + delta overflows {self.dtype} (non-finite result)")
+        return out
 
     def delta(self, base_at: np.ndarray | None = None) -> np.ndarray:
         """Float32 delta (fine-tuned − base) at :attr:`indices`."""

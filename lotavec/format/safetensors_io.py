@@ -157,6 +157,8 @@ class SafetensorsFile:
             fh = open(self.path, "rb")
         except FileNotFoundError:
             raise NotFoundError(f"{self.path}: no such file") from None
+        except IsADirectoryError:
+            raise NotFoundError(f"{self.path}: is a folder, not a safetensors file") from None
         with fh:
             size = os.fstat(fh.fileno()).st_size
             head = fh.read(8)

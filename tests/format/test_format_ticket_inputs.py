@@ -15,10 +15,6 @@ CASES = [
 ]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG lotavec/ticket.py TicketTensor.from_finetuned: base/fine-tuned storage dtype is not checked "
-    "against `dtype`; a float32 array with dtype='BF16' yields 2 payload values per index and a numpy "
-    "ValueError (or silently wrong values) later"))
 @pytest.mark.parametrize("np_dtype, dtype", CASES)
 def test_from_finetuned_refuses_storage_of_another_dtype(np_dtype, dtype):
     base = np.arange(10).astype(np_dtype)
