@@ -243,10 +243,11 @@ def _http_message(e: Any, ref: HubRef, pushing: bool) -> str:
     if status == 401:
         need = " with write access" if pushing else ""
         return f"the Hub rejected your token (HTTP 401) for {repo}: run `hf auth login` or set HF_TOKEN to a valid token{need}"
-    if status == 403:
-        verb = "write to" if pushing else "read"
-        return (f"your token may not {verb} {repo} (HTTP 403): use a token with write access to the "
+    if status == 403 and pushing:
+        return (f"your token may not write to {repo} (HTTP 403): use a token with write access to the "
                 f"{repo.split('/')[0]!r} namespace (`hf auth login`)")
+    if status == 403:
+        return f"your token may not read {repo} (HTTP 403): check the token's permissions, or log in again with `hf auth login`"
     if status == 412:
         return f"{repo} changed while pushing (another commit landed first): push again"
     detail = (getattr(e, "server_message", None) or str(e)).strip().splitlines()

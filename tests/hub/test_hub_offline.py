@@ -53,15 +53,17 @@ def world(tmp_path_factory):
     hub.add_files("dave/never-pulled", {"ticket.lotavec.safetensors": t0.read_bytes()})
     model_sha = hub.add_files(MODEL_REPO, _model_files())
 
-    pulled = run_api("resolve_ticket", env, TICKET_REPO)["ok"]
-    model = run_api("resolve_model", env, MODEL_REPO)["ok"]
+    hub.add_files("dave/renamed", {"math-v1.lotavec.safetensors": t0.read_bytes()})
+    online = run_api_batch([("resolve_ticket", (TICKET_REPO,), {}), ("resolve_model", (MODEL_REPO,), {}),
+                            ("resolve_ticket", ("dave/renamed",), {})], env)
+    pulled, model, renamed = (r["ok"] for r in online)
     n_requests = len(hub.requests)
     again = run_api("resolve_ticket", env, f"{TICKET_REPO}@{sha}")["ok"]
     pinned_requests = len(hub.requests) - n_requests
     hub.stop()
     assert not hub.unknown, hub.unknown
     return {"home": home, "env": env, "ticket": t0, "sha": sha, "model_sha": model_sha, "pulled": pulled,
-            "model": model, "again": again, "pinned_requests": pinned_requests, "endpoint": hub.endpoint}
+            "model": model, "renamed": renamed, "again": again, "pinned_requests": pinned_requests, "endpoint": hub.endpoint}
 
 
 def test_online_fetches_were_pinned(world):
@@ -95,9 +97,11 @@ def test_offline_branch_uses_cached_ref(world, spec_suffix):
     assert last_line(p.stdout) == f"pinned {TICKET_REPO}@{world['sha']}"
 
 
-def test_offline_load_ticket(world):
-    got = run_api("load_ticket", hub_env(None, world["home"], offline=True), TICKET_REPO)["ok"]
-    assert got["nnz"] == 120 and got["path"] == world["pulled"]["path"]
+def test_offline_load_ticket_and_nonstandard_name(world):
+    env = hub_env(None, world["home"], offline=True)
+    loaded, renamed = run_api_batch([("load_ticket", (TICKET_REPO,), {}), ("resolve_ticket", ("dave/renamed",), {})], env)
+    assert loaded["ok"]["nnz"] == 120 and loaded["ok"]["path"] == world["pulled"]["path"]
+    assert renamed["ok"] == world["renamed"] and renamed["ok"]["path"].endswith("/math-v1.lotavec.safetensors")
 
 
 def test_offline_missing_ticket_is_a_clean_error(world):
