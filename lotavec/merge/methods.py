@@ -4,7 +4,8 @@ Each ticket contributes, per tensor, a :class:`SparseDelta`: sorted flat indices
 delta τ = θ_ft − θ_base there. Entries outside a ticket's support are zeros of its dense τ: they
 count in a trim's k = ⌊p·numel⌋, never vote in a sign election and are never kept by DARE.
 :func:`merge_tensor` combines the tickets on the union of their supports only; the cost is
-O(N log n) for N stored entries of n tickets, never O(numel).
+O(N log n) for N stored entries of n tickets, never O(numel). :func:`iter_merge_tensor` yields
+the same result in index-range pieces, bounding memory on large tensors.
 
 Methods, formulas and peers are declared in :mod:`lotavec.merge.registry`; the conventions of
 each peer are in ``MERGE_SEMANTICS.md``. Deterministic choices of lotavec's own:
