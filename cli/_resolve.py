@@ -18,20 +18,26 @@ def resolve_model_arg(spec: str) -> tuple[str, dict[str, Any]]:
 
         raise NotFoundError(f"{spec}: no such file or folder, and not a Hub id of the form org/name[@revision]")
     r = hub.resolve_model(spec)
-    return os.fspath(r.path), {"repo_id": r.repo_id, "revision": r.revision_sha}
+    return os.fspath(r.path), {"repo_id": r.repo_id, "revision": r.revision_sha, "revision_sha": r.revision_sha}
 
 
 def resolve_ticket_arg(spec: str) -> str:
     """Local file for a ticket argument (downloaded and pinned when it is a Hub id)."""
+    return resolve_ticket_ref(spec)[0]
+
+
+def resolve_ticket_ref(spec: str) -> tuple[str, dict[str, Any]]:
+    """Local file for a ticket argument and its ``{"repo_id", "revision_sha", "path"}`` record."""
     if os.path.exists(spec):
-        return spec
+        return spec, {**_local_ref(spec), "path": os.path.abspath(spec)}
     from lotavec import hub
 
     if hub.parse_ref(spec) is None:
         from lotavec.errors import NotFoundError
 
         raise NotFoundError(f"{spec}: no such ticket file, and not a Hub id of the form org/name[@revision]")
-    return os.fspath(hub.resolve_ticket(spec).path)
+    r = hub.resolve_ticket(spec)
+    return os.fspath(r.path), {"repo_id": r.repo_id, "revision_sha": r.revision_sha, "path": os.fspath(r.path)}
 
 
 def resolve_ticket_args(specs: Iterable[str]) -> list[str]:
@@ -40,9 +46,10 @@ def resolve_ticket_args(specs: Iterable[str]) -> list[str]:
 
 
 def _local_ref(path: str) -> dict[str, Any]:
-    """Base identity of a local folder: the Hub id it was downloaded from, when the HF cache says so."""
-    parts = os.path.abspath(path).split(os.sep)
-    for i, p in enumerate(parts):
-        if p.startswith("models--") and i + 2 < len(parts) and parts[i + 1] == "snapshots":
-            return {"repo_id": p[len("models--"):].replace("--", "/"), "revision": parts[i + 2]}
-    return {"repo_id": None, "revision": None}
+    """Identity of a local path: the Hub id and sha it was downloaded at, when the HF cache says so."""
+    from lotavec.hub import cache_ref
+
+    ref = cache_ref(path)
+    if ref is None:
+        return {"repo_id": None, "revision": None}
+    return {"repo_id": ref.repo_id, "revision": ref.revision, "revision_sha": ref.revision}

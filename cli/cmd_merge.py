@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ._common import echo_json, human_bytes, progress_bar, user_errors
-from ._resolve import resolve_model_arg, resolve_ticket_arg
+from ._resolve import resolve_model_arg, resolve_ticket_arg, resolve_ticket_ref
 
 
 def _method_help() -> str:
@@ -73,8 +73,9 @@ def merge(base, tickets, out, method, weights, density, lambda_, scope, semantic
     base_dir, base_ref = resolve_model_arg(base)
     paths, refs = [], []
     for t in tickets:
-        paths.append(resolve_ticket_arg(t))
-        refs.append({"source": t})
+        path, ref = resolve_ticket_ref(t)
+        paths.append(path)
+        refs.append({"source": t, **ref})
     for n in notes:
         click.echo(f"note: {n}", err=True)
     t0 = time.perf_counter()

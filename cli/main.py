@@ -7,6 +7,7 @@ import click
 import lotavec
 
 from .cmd_extract import extract
+from .cmd_hub import pull, push
 from .cmd_merge import merge, overlap
 from .cmd_ticket import inspect, verify
 from .cmd_train import train
@@ -28,6 +29,8 @@ cli.add_command(verify)
 cli.add_command(merge)
 cli.add_command(overlap)
 cli.add_command(train)
+cli.add_command(push)
+cli.add_command(pull)
 
 
 def main() -> None:

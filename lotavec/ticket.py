@@ -312,6 +312,32 @@ class Ticket:
                       base_sample=t.base_sample, base_digest=t.base_digest)
         return os.fspath(path)
 
+    def push_to_hub(self, repo_id: str, *, private: bool = False, revision: str | None = None,
+                    create_pr: bool = False, message: str | None = None):
+        """Publish the ticket (and a generated model card) to the Hub in one commit.
+
+        Args:
+            repo_id: ``org/name``; created when missing.
+            private, revision, create_pr, message: as for ``lotavec push``.
+
+        Returns:
+            :class:`lotavec.hub.PushResult` (``noop`` when the Hub already has this ticket).
+
+        Raises:
+            HubError, NotFoundError.
+        """
+        import tempfile
+
+        from . import hub
+
+        if self.path is not None:
+            return hub.push_ticket(self.path, repo_id, private=private, revision=revision,
+                                   create_pr=create_pr, message=message)
+        with tempfile.TemporaryDirectory() as d:
+            path = self.save(os.path.join(d, hub.TICKET_FILENAME))
+            return hub.push_ticket(path, repo_id, private=private, revision=revision,
+                                   create_pr=create_pr, message=message)
+
     def verify(self) -> None:
         """Check every chunk's checksum and stream (file-backed tickets)."""
         if self._file is not None:

@@ -313,7 +313,8 @@ def _record(src, tks, params, dtype, base_ref, ticket_refs, notes, warnings, cha
     return {
         "lotavec_version": __version__,
         "base": {"path": str(src.path) if src.path else None, **(base_ref or {})},
-        "tickets": [{"path": t.path, "nnz": t.nnz, "base": t.base, **r} for t, r in zip(tks, refs)],
+        "tickets": [{"path": t.path, "nnz": t.nnz, "base": t.base, **{k: v for k, v in r.items() if v is not None}}
+                    for t, r in zip(tks, refs)],
         "params": params.to_json(),
         "dtype": dtype,
         "notes": list(notes),
@@ -329,8 +330,13 @@ def _write_card(folder: str | os.PathLike, record: dict) -> None:
         from ..card import merged_card
     except ImportError:  # pragma: no cover - card module is part of the package
         return
-    base = record["base"].get("repo_id") or record["base"].get("path")
-    tickets = [t.get("repo_id") or t.get("path") for t in record["tickets"]]
+    base = {k: v for k, v in record["base"].items() if v is not None}
+    tickets = [{k: v for k, v in t.items() if k in ("repo_id", "revision_sha", "path") and v is not None}
+               for t in record["tickets"]]
+    weights = record["params"].get("weights")
+    for i, t in enumerate(tickets):
+        if weights:
+            t["weight"] = weights[i]
     try:
         text = merged_card(base, tickets, record["params"]["method"], record["params"])
     except (TypeError, KeyError, ValueError) as e:  # keep merges working if the card API changes
