@@ -22,9 +22,13 @@ import numpy as np
 
 from ..errors import SelectionError
 
-#: Elements per chunk: bounds the temporaries of every vectorised step (~4-16 MB each).
-CHUNK = 1 << 20
+#: Elements per chunk: bounds the temporaries of every vectorised step (<= 4 MB each, ~16 MB in
+#: all); smaller chunks were not faster, larger ones only cost memory.
+CHUNK = 1 << 19
 NBINS = 1 << 16
+#: Retained entries are pruned early (before the budget is reached) only when that frees at least
+#: this many, and at least as many as stay: each prune then costs O(1) per entry it frees.
+PRUNE_MIN = 1 << 20
 #: Smallest key of a non-finite float32 (+inf); NaNs and negative numbers have larger keys.
 KEY_INF = 0x7F800000
 _SIGN = 0x80000000
@@ -170,7 +174,7 @@ class _Scan:
             if 8 * keep > self.budget * 3 // 4:
                 self.pieces = None  # retention does not pay off: fall back to more passes
                 return
-        elif self.retained - keep < max(keep, 1 << 22):
+        elif self.retained - keep < max(keep, PRUNE_MIN):
             return
         cut = np.uint32(self.cut)
         for plist in self.pieces:
