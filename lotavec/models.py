@@ -255,7 +255,8 @@ def open_model(obj: Any, *, role: str = "base") -> TensorSource:
         obj: an HF model folder (``model.safetensors``, or shards with
             ``model.safetensors.index.json``), a ``.safetensors`` file, a
             ``dict[str, torch.Tensor]``, an ``nn.Module`` (its ``state_dict()``), or a
-            :class:`TensorSource` (returned as is).
+            :class:`TensorSource` (returned as is), or a Hub id ``org/name[@revision]``
+            (downloaded once, pinned to its commit sha; an existing local path wins).
         role: what this model is to the caller, used in error messages.
 
     Returns:
@@ -269,7 +270,7 @@ def open_model(obj: Any, *, role: str = "base") -> TensorSource:
     """
     if isinstance(obj, TensorSource):
         return obj
-    if isinstance(obj, (str, os.PathLike)):
+    if isinstance(obj, (str, os.PathLike)):  # an existing local path wins over a Hub id
         p = Path(obj)
         if p.is_dir():
             return _open_folder(p, role)
@@ -279,7 +280,11 @@ def open_model(obj: Any, *, role: str = "base") -> TensorSource:
             f = SafetensorsFile(p)
             return SafetensorsSource({str(p): f}, dict.fromkeys(f.tensors, str(p)), role=role,
                                      label=str(p), path=None, config=None)
-        raise NotFoundError(f"{role} model {p}: no such file or folder")
+        from . import hub
+
+        if isinstance(obj, str) and hub.parse_ref(obj) is not None:
+            return _open_folder(Path(hub.resolve_model(obj).path), role)
+        raise NotFoundError(f"{role} model {p}: no such file or folder (nor a Hub id org/name[@revision])")
     if isinstance(obj, Mapping):
         return TorchSource(obj, role=role, label="state dict")
     try:
