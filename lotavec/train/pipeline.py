@@ -135,6 +135,12 @@ def load_base(base: Any, *, dtype: str | None = None):
     if isinstance(base, (str, os.PathLike)):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        if not os.path.exists(base):
+            from .. import hub
+
+            if isinstance(base, str) and hub.parse_ref(base) is not None:
+                base = hub.resolve_model(base).path
+
         open_model(base).close()
         from transformers.utils import logging as hf_logging
 
