@@ -24,7 +24,7 @@ from .data import IGNORE_INDEX
 from .sparse import ExportedEntries, SparseTuner, optimizer_state_bytes
 
 __all__ = ["TrainResult", "SparseTrainResult", "dense_finetune", "sparse_train", "make_optimizer",
-           "evaluate", "batch_loss"]
+           "evaluate", "batch_loss", "train_step"]
 
 Progress = Callable[[str, int, int], None]
 Batch = Mapping[str, torch.Tensor]
@@ -181,6 +181,37 @@ def _peak_rss_bytes() -> int:
     return int(peak) if sys.platform == "darwin" else int(peak) * 1024
 
 
+def train_step(model: nn.Module, params: Sequence[nn.Parameter], optimizer: torch.optim.Optimizer,
+               group: Sequence[Batch], *, device: torch.device, bf16: bool = False,
+               max_grad_norm: float | None = None) -> float:
+    """One optimizer step over a gradient-accumulation group of batches.
+
+    The loss is the per-token mean over every counted token of the whole group (not a mean of
+    per-batch means). Gradients are cleared afterwards; on CUDA the step is synchronised.
+
+    Returns:
+        The step's loss.
+
+    Raises:
+        TrainingError: the group holds no counted token.
+    """
+    n_tokens = sum(_count(b) for b in group)
+    if n_tokens == 0:
+        raise TrainingError("the batches of this step contain no counted (label != -100) token")
+    total = 0.0
+    for b in group:
+        loss = batch_loss(model, b, device, bf16) / n_tokens
+        loss.backward()
+        total += float(loss.detach())
+    if max_grad_norm:
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return total
+
+
 def _run(model: nn.Module, params: list[nn.Parameter], batches: Iterable[Batch], steps: int, lr: float, *,
          opt: dict, dev: torch.device, bf16: bool, grad_accum: int, max_grad_norm: float | None,
          warmup_steps: int, schedule: str, eval_batches, eval_every: int, stage: str,
@@ -204,21 +235,13 @@ def _run(model: nn.Module, params: list[nn.Parameter], batches: Iterable[Batch],
                 raise TrainingError(f"training batches ran out at step {step}: {steps} steps × grad_accum "
                                     f"{grad_accum} need {steps * grad_accum} batches") from None
         n_tokens = sum(_count(b) for b in group)
-        if n_tokens == 0:
-            raise TrainingError(f"step {step}: the batches contain no counted (label != -100) token")
         t0 = time.perf_counter()
-        total = 0.0
-        for b in group:
-            loss = batch_loss(model, b, dev, bf16) / n_tokens
-            loss.backward()
-            total += float(loss.detach())
-        if max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-        optimizer.step()
+        try:
+            total = train_step(model, params, optimizer, group, device=dev, bf16=bf16,
+                               max_grad_norm=max_grad_norm)
+        except TrainingError as e:
+            raise TrainingError(f"step {step}: {e}") from None
         scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
         res.step_times.append(time.perf_counter() - t0)
         res.losses.append(total)
         res.tokens += n_tokens
