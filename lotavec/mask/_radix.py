@@ -218,9 +218,8 @@ def low_histogram(cands: Sequence, b: int, progress: Progress, stage: str) -> np
     return h2
 
 
-def emit(cands: Sequence, t: int, r: int, progress: Progress, stage: str) -> list[np.ndarray]:
-    """A pass emitting keys > ``t`` plus the first ``r`` eligible keys == ``t`` (tie rule)."""
-    out = []
+def emit(cands: Sequence, t: int, r: int, progress: Progress, stage: str) -> Iterator[np.ndarray]:
+    """A pass yielding, per candidate, keys > ``t`` plus the first ``r`` eligible keys == ``t``."""
     tt = np.uint32(t)
     for i, cand in enumerate(cands):
         keys = checked_keys(cand)
@@ -238,10 +237,9 @@ def emit(cands: Sequence, t: int, r: int, progress: Progress, stage: str) -> lis
             if ex is not None:
                 m[ex] = False
             parts.append(np.flatnonzero(m) + c0)
-        out.append(_concat(parts))
         del keys
         _tick(progress, stage, i + 1, len(cands))
-    return out
+        yield _concat(parts)
 
 
 def threshold_from_pieces(pieces: Pieces, b: int, need: int) -> tuple[int, int]:

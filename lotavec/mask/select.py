@@ -38,7 +38,7 @@ within ``3 x largest candidate in float32 + 64 MiB`` beyond the result.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
@@ -47,7 +47,7 @@ from typing import Literal
 import numpy as np
 
 from ..errors import SelectionError
-from . import _radix
+from . import _engine, _radix
 from ._radix import Progress
 
 _SCOPES = ("global", "tensor")
@@ -205,6 +205,49 @@ def select_topk(
         SelectionError: invalid k/density/sparsity/scope, no or duplicate candidates, bad or
             non-finite scores, scores that change between calls.
     """
+    cands, dens, kk = _parse_request(candidates, k, density, sparsity, scope)
+    if scope == "tensor":
+        return dict(_per_tensor(cands, dens, progress, max_retained_bytes))
+    budget = _default_budget(cands, kk) if max_retained_bytes is None else max_retained_bytes
+    out = _engine.select_global(cands, kk, budget, progress, retain=budget > 0)
+    return {c.name: o for c, o in zip(cands, out)}
+
+
+def iter_topk(
+    candidates: Sequence[Candidate],
+    *,
+    k: int | None = None,
+    density: float | None = None,
+    sparsity: float | None = None,
+    scope: Literal["global", "tensor"] = "global",
+    progress: Progress = None,
+) -> Iterator[tuple[str, np.ndarray]]:
+    """The selection of :func:`select_topk`, yielded one tensor at a time, in candidate order.
+
+    For writers that consume a tensor's indices and drop them: memory no longer includes the
+    whole result (8 bytes per selected entry), so peak memory beyond the inputs stays within
+    ``3 x largest candidate in float32 + 64 MiB`` for any k. The price under global scope is
+    two or three score passes instead of (usually) one; the first tensor arrives after the
+    passes that fix the threshold. Tensor scope computes each tensor's scores once.
+
+    Args:
+        candidates, k, density, sparsity, scope, progress: as for :func:`select_topk`.
+
+    Returns:
+        An iterator of ``(name, sorted int64 flat indices)``. Arguments are validated at the call;
+        score errors surface while iterating.
+
+    Raises:
+        SelectionError: as :func:`select_topk`.
+    """
+    cands, dens, kk = _parse_request(candidates, k, density, sparsity, scope)
+    if scope == "tensor":
+        return _per_tensor(cands, dens, progress, None)
+    return zip((c.name for c in cands), _engine.iter_global(cands, kk, progress))
+
+
+def _parse_request(candidates, k, density, sparsity, scope):
+    """Validate a request; returns (candidates, density or None, k or None)."""
     cands = _check_candidates(candidates)
     if scope not in _SCOPES:
         raise SelectionError(f"--scope must be one of {', '.join(_SCOPES)}; got {scope!r}")
@@ -214,102 +257,23 @@ def select_topk(
                 "--scope tensor takes --density or --sparsity, not k (a count has no unique "
                 "split across tensors); pass density=k/total instead"
             )
-        return _select_per_tensor(
-            cands, resolve_density(density, sparsity), progress, max_retained_bytes
-        )
+        return cands, resolve_density(density, sparsity), None
     total = sum(c.numel for c in cands)
-    kk = resolve_k(
-        total, k=k, density=density, sparsity=sparsity, eligible=sum(c.eligible for c in cands)
-    )
-    budget = _default_budget(cands, kk) if max_retained_bytes is None else max_retained_bytes
-    out = _select_global(cands, kk, budget, progress, retain=budget > 0)
-    return {c.name: o for c, o in zip(cands, out)}
+    eligible = sum(c.eligible for c in cands)
+    return cands, None, resolve_k(total, k=k, density=density, sparsity=sparsity, eligible=eligible)
 
 
-def _select_per_tensor(cands, dens: Fraction, progress: Progress, budget: int | None):
-    out = {}
+def _per_tensor(cands, dens: Fraction, progress: Progress, budget: int | None):
+    """Yield ``(name, selection)`` per tensor; each tensor's scores are computed once."""
     for i, c in enumerate(cands):
         kt = min(_half_up(dens * c.numel), c.eligible)
-        keys = _radix.checked_keys(c)  # computed once; later passes reuse it
+        keys = _radix.checked_keys(c)  # later passes of the engine reuse these
         cached = Candidate(c.name, c.numel, lambda keys=keys: keys.view(np.float32), c.exclude)
         b = _default_budget([c], kt) if budget is None else budget
-        out[c.name] = _select_global([cached], kt, b, None, retain=b > 0)[0]
+        sel = _engine.select_global([cached], kt, b, None, retain=b > 0)[0]
         del keys, cached
         _radix._tick(progress, "select (per tensor)", i + 1, len(cands))
-    return out
-
-
-def _changed_error(what: str) -> SelectionError:
-    return SelectionError(
-        f"scores changed between passes ({what}); the scores callable of every candidate must "
-        "return the same values each time it is called"
-    )
-
-
-def _select_global(
-    cands, k: int, budget: int, progress: Progress, retain: bool
-) -> list[np.ndarray]:
-    """Exactly k entries over all candidates (``0 <= k <= eligible``), by the tie rule."""
-    n = len(cands)
-    if k == 0 or k == sum(c.eligible for c in cands):
-        for i, c in enumerate(cands):
-            _radix.checked_keys(c)
-            _radix._tick(progress, "validate scores", i + 1, n)
-        return [_none(c) for c in cands] if k == 0 else [_everything(c) for c in cands]
-    scan = _radix._Scan(k, budget, retain)
-    for i, c in enumerate(cands):
-        scan.add(_radix.checked_keys(c), c.numel, c.exclude)
-        _radix._tick(progress, "select pass 1", i + 1, n)
-    hist = scan.hist
-    b, need = _radix.boundary(hist, k)
-    if scan.pieces is not None:
-        t, r = _radix.threshold_from_pieces(scan.pieces, b, need)
-        out = _radix.resolve_pieces(scan.pieces, t, r)
-    else:
-        lo = b << 16
-        if b == 0:  # the cut never rose: hist holds every eligible entry, zeros counted apart
-            positive = scan.counted - scan.zeros
-            if positive < k:  # the threshold is 0: emit directly, zeros by the tie rule
-                return _checked(_radix.emit(cands, 0, k - positive, progress, "select pass 2"), k)
-            hist[0] -= scan.zeros
-            lo = 1
-        expected = int(hist[b:].sum())
-        if 8 * expected <= budget:
-            pieces, found = _radix.collect(cands, lo, progress, "select pass 2")
-            if found != expected:
-                raise _changed_error(
-                    f"{found} entries at or above the boundary, expected {expected}"
-                )
-            t, r = _radix.threshold_from_pieces(pieces, b, need)
-            out = _radix.resolve_pieces(pieces, t, r)
-        else:
-            h2 = _radix.low_histogram(cands, b, progress, "select pass 2")
-            if b == 0:
-                h2[0] -= scan.zeros
-            if int(h2.sum()) != int(hist[b]):
-                raise _changed_error(f"boundary bin holds {int(h2.sum())}, expected {int(hist[b])}")
-            lo_bits, r = _radix.boundary(h2, need)
-            out = _radix.emit(cands, (b << 16) | lo_bits, r, progress, "select pass 3")
-    return _checked(out, k)
-
-
-def _checked(out: list[np.ndarray], k: int) -> list[np.ndarray]:
-    found = sum(o.size for o in out)
-    if found != k:
-        raise _changed_error(f"selected {found} entries, expected {k}")
-    return out
-
-
-def _none(c: Candidate) -> np.ndarray:
-    return np.zeros(0, dtype=np.int64)
-
-
-def _everything(c: Candidate) -> np.ndarray:
-    if c.exclude is None:
-        return np.arange(c.numel, dtype=np.int64)
-    keep = np.ones(c.numel, dtype=bool)
-    keep[c.exclude] = False
-    return np.flatnonzero(keep)
+        yield c.name, sel
 
 
 def select_changed(

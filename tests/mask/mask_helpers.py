@@ -9,7 +9,8 @@ import torch
 
 import lotavec.mask._radix as radix
 from lotavec.mask import Candidate
-from lotavec.mask.select import _select_global
+from lotavec.mask._engine import iter_global
+from lotavec.mask._engine import select_global as _select_global
 
 #: Every way the engine can reach its answer: (retain, budget) for ``_select_global``.
 #: One pass with retention; two passes (collect); three passes (low histogram, then emit).
@@ -60,10 +61,10 @@ def brute_torch_topk(arrays, k):
 
 
 def all_paths(cands, k):
-    """Run every engine path; return ``{path: list of index arrays}``."""
-    return {
-        p: _select_global(cands, k, budget, None, retain) for p, (retain, budget) in PATHS.items()
-    }
+    """Run every engine path (and the streaming one); return ``{path: list of index arrays}``."""
+    out = {p: _select_global(cands, k, b, None, retain) for p, (retain, b) in PATHS.items()}
+    out["stream"] = list(iter_global(cands, k, None))
+    return out
 
 
 @contextmanager

@@ -13,7 +13,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from lotavec.mask import Candidate, select_topk
+from lotavec.mask import Candidate, iter_topk, select_topk
 
 BIG = 4_000_000  # the dominant tensor: 16 MB of float32 scores
 SMALL = 600_000
@@ -77,3 +77,23 @@ def test_peak_memory_follows_the_largest_tensor_not_the_count(case):
     few, _ = _peak_beyond_result(_cands(8), **CASES[case])
     many, _ = _peak_beyond_result(_cands(48), **CASES[case])
     assert many - few <= 6 * MIB, f"{case}: {few / MIB:.1f} -> {many / MIB:.1f} MiB"
+
+
+@pytest.mark.parametrize("case", ["three passes", "tie class at zero, three passes"])
+def test_iter_topk_peak_memory_independent_of_k(case):
+    """Consuming tensor by tensor, even a dense selection stays within the bound in total."""
+    kw = dict(CASES[case])
+    kw.pop("max_retained_bytes")
+    cands = _cands(48, kw.pop("zero_frac", 0.0))
+    kw["density"] = 0.6
+    tracemalloc.start()
+    try:
+        nnz = 0
+        for _, sel in iter_topk(cands, **kw):
+            nnz += sel.size
+            del sel
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert 8 * nnz > BOUND  # select_topk's result alone would not fit
+    assert peak <= BOUND, f"{case}: {peak / MIB:.1f} MiB"

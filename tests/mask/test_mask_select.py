@@ -17,8 +17,8 @@ from mask_helpers import (
 )
 
 from lotavec.errors import SelectionError
-from lotavec.mask import Candidate, resolve_k, select_changed, select_topk
-from lotavec.mask.select import _select_global
+from lotavec.mask import Candidate, iter_topk, resolve_k, select_changed, select_topk
+from lotavec.mask._engine import select_global as _select_global
 
 shapes = st.lists(st.integers(0, 400), min_size=1, max_size=6)
 
@@ -266,3 +266,25 @@ def test_progress_is_reported_per_tensor_and_pass():
         ("select pass 3", 1, 2),
         ("select pass 3", 2, 2),
     ]
+
+
+def test_iter_topk_yields_the_same_selection_in_order():
+    arrays = distinct_scores([300, 0, 1200, 45], np.random.default_rng(12))
+    excludes = [np.arange(0, 300, 7), None, None, np.array([3])]
+    for kw in (
+        dict(density=0.3),
+        dict(k=17),
+        dict(density=0.25, scope="tensor"),
+        dict(density=1.0),
+    ):
+        want = select_topk(cands_of(arrays, excludes), **kw)
+        got = list(iter_topk(cands_of(arrays, excludes), **kw))
+        assert [n for n, _ in got] == list(want)
+        for n, g in got:
+            np.testing.assert_array_equal(g, want[n], err_msg=f"{kw} {n}")
+    calls = [0] * 4
+    for _ in iter_topk(cands_of(arrays, calls=calls), density=0.3):
+        pass
+    assert calls == [3] * 4  # histogram, boundary bin, emit
+    with pytest.raises(SelectionError, match="--density"):
+        iter_topk(cands_of(arrays), density=2.0)  # validated at the call, not when iterated
