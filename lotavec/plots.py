@@ -85,7 +85,8 @@ def _short_labels(paths: Iterable[str]) -> dict[str, str]:
     out = {}
     for p in paths:
         parts = p.split(".")
-        for k in range(1, len(parts) + 1):
+        first = 2 if len(parts) > 1 and parts[-1] in ("bias", "scale", "g_idx") else 1  # name the module, not "bias"
+        for k in range(first, len(parts) + 1):
             cand = ".".join(parts[-k:])
             if not any(q != p and (q == cand or q.endswith("." + cand)) for q in paths):
                 break
