@@ -16,6 +16,7 @@ its low-bit histogram and a third pass emits the selection directly).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -32,6 +33,9 @@ PRUNE_MIN = 1 << 20
 #: Smallest key of a non-finite float32 (+inf); NaNs and negative numbers have larger keys.
 KEY_INF = 0x7F800000
 _SIGN = 0x80000000
+
+# Positions of the high and low 16-bit halves of a uint32 viewed as two uint16s.
+_HI, _LO = (1, 0) if sys.byteorder == "little" else (0, 1)
 
 Progress = Callable[[str, int, int], None] | None
 #: Per candidate, in flat-index order: pieces ``(chunk start, uint32 offsets or None, keys)``;
@@ -93,6 +97,16 @@ def chunks(numel: int, exclude: np.ndarray | None) -> Iterator[tuple[int, int, n
         yield c0, c1, ex
 
 
+def hi16(keys: np.ndarray) -> np.ndarray:
+    """High 16 bits of contiguous uint32 keys, as a strided uint16 view (no shift, no copy)."""
+    return keys.view(np.uint16)[_HI::2]
+
+
+def lo16(keys: np.ndarray) -> np.ndarray:
+    """Low 16 bits of contiguous uint32 keys, as a strided uint16 view."""
+    return keys.view(np.uint16)[_LO::2]
+
+
 def take(kc: np.ndarray, key: int, ex: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray]:
     """Local offsets (uint32, or ``None`` for "all") and copies of eligible keys >= ``key``."""
     if key == 0 and ex is None:
@@ -140,19 +154,19 @@ class _Scan:
                 loc, sel = take(kc, self.cut, ex)
                 self.pieces[-1].append((c0, loc, sel))
                 self.retained += sel.size
-                h = np.bincount(sel >> 16, minlength=NBINS)
+                h = np.bincount(hi16(sel), minlength=NBINS)
             elif self.cut == 0:  # histogram all, then take the excluded entries out again
                 sel = kc
-                h = np.bincount(kc >> 16, minlength=NBINS)
+                h = np.bincount(hi16(kc), minlength=NBINS)
                 if ex is not None:
-                    h -= np.bincount(kc[ex] >> 16, minlength=NBINS)
+                    h -= np.bincount(hi16(kc[ex]), minlength=NBINS)
                     self.zeros -= ex.size - int(np.count_nonzero(kc[ex]))
             else:
                 m = kc >= np.uint32(self.cut)
                 if ex is not None:
                     m[ex] = False
                 sel = kc[np.flatnonzero(m)]  # boolean indexing is several times slower
-                h = np.bincount(sel >> 16, minlength=NBINS)
+                h = np.bincount(hi16(sel), minlength=NBINS)
             if self.cut == 0:
                 self.zeros += sel.size - int(np.count_nonzero(sel))
             self.hist += h
@@ -209,10 +223,10 @@ def low_histogram(cands: Sequence, b: int, progress: Progress, stage: str) -> np
         keys = checked_keys(cand)
         for c0, c1, ex in chunks(cand.numel, cand.exclude):
             kc = keys[c0:c1]
-            m = (kc >> 16) == b
+            m = hi16(kc) == b
             if ex is not None:
                 m[ex] = False
-            h2 += np.bincount(kc[np.flatnonzero(m)] & np.uint32(0xFFFF), minlength=NBINS)
+            h2 += np.bincount(lo16(kc[np.flatnonzero(m)]), minlength=NBINS)
         del keys
         _tick(progress, stage, i + 1, len(cands))
     return h2
@@ -247,8 +261,7 @@ def threshold_from_pieces(pieces: Pieces, b: int, need: int) -> tuple[int, int]:
     h2 = np.zeros(NBINS, dtype=np.int64)
     for plist in pieces:
         for _, _, key in plist:
-            inbin = key[np.flatnonzero((key >> 16) == b)]
-            h2 += np.bincount(inbin & np.uint32(0xFFFF), minlength=NBINS)
+            h2 += np.bincount(lo16(key[np.flatnonzero(hi16(key) == b)]), minlength=NBINS)
     lo_bits, r = boundary(h2, need)
     return (b << 16) | lo_bits, r
 
@@ -269,7 +282,7 @@ def resolve_pieces(pieces: Pieces, t: int, r: int) -> list[np.ndarray]:
                 r -= ties.size
                 m[ties] = True
             sel = np.flatnonzero(m)
-            parts.append((sel if loc is None else loc[sel].astype(np.int64)) + c0)
+            parts.append(sel + c0 if loc is None else np.add(loc[sel], c0, dtype=np.int64))
         pieces[c] = []
         out.append(_concat(parts))
     return out

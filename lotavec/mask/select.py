@@ -27,13 +27,15 @@ Definitions (the spec repeats them):
 * Density 0 selects nothing (every candidate maps to an empty array); density 1 selects every
   eligible entry. Scores are still computed once to validate them.
 
-Algorithm and memory: radix selection on the float32 bit patterns (see ``_radix``). Scores are
-computed once when the entries at or above the running threshold fit ``max_retained_bytes``
-(default ``8 x k + 8 x largest numel + 32 MiB``, i.e. about the size of the result); otherwise two
-passes, or three when the boundary histogram bin is itself too large. Peak memory beyond the inputs
-and the returned selection (8 bytes per selected entry): one tensor's scores (as returned by the
-callable), the retained entries (at most the budget) and chunk temporaries (~32 MB), which is
-within ``3 x largest candidate in float32 + 64 MiB`` beyond the result.
+Passes and memory: a radix select on the float32 bit patterns (``_radix``). ``select_topk``
+computes the scores once when the entries above the running threshold fit ``max_retained_bytes``
+(default ``8 x (k + largest numel) + 32 MiB``: about the size of the result), else twice, or three
+times when the boundary histogram bin is itself too full. Peak memory beyond the inputs and the
+returned selection (8 bytes per selected entry) is one tensor's scores as the callable returns
+them, the retained entries in excess of the result, and chunk temporaries (~16 MB): within
+``3 x largest candidate in float32 + 64 MiB``. ``iter_topk`` yields tensor by tensor and retains
+nothing, so for a consumer that drops each tensor's indices the bound holds with the result
+included, at the price of two or three passes.
 """
 
 from __future__ import annotations
