@@ -209,7 +209,9 @@ def plot_density(ticket: Ticket, path: str | os.PathLike, *, title: str | None =
                     v = float(dens[i, j])
                     ax.text(j, i, _percent(v), ha="center", va="center", fontsize=7,
                             color="white" if v < mid else "black")
-    fig.colorbar(im, ax=ax, label="density (nnz / elements)", shrink=0.9)
+    from matplotlib.ticker import PercentFormatter
+
+    fig.colorbar(im, ax=ax, label="density (nnz / elements)", shrink=0.9, format=PercentFormatter(1.0))
     nnz, numel = int(g.nnz.sum()), int(g.numel.sum())
     head = title or (os.path.basename(ticket.path) if ticket.path else "ticket")
     sub = (f"{len(ticket)} tensors, {_human(nnz)} of {_human(numel)} entries "

@@ -5,8 +5,8 @@
 * :func:`~lotavec.bridges.patch.export_patch` — a ticket as a plain safetensors *sparse weight
   patch* (``NAME.indices`` + ``NAME.values`` per tensor), for in-place weight updates;
   :func:`~lotavec.bridges.patch.apply_patch` applies one with plain torch.
-* :func:`~lotavec.bridges.peft.import_peft` — a LoRA adapter as a ticket (so LoRA adapters of
-  any rank merge through lotavec).
+* :func:`~lotavec.bridges.lora.import_peft` (also importable from ``lotavec.bridges.peft``) — a
+  LoRA adapter as a ticket (so LoRA adapters of any rank merge through lotavec).
 
 Submodules are imported on use (``from lotavec.bridges.peft import export_peft``).
 """

@@ -12,9 +12,16 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from lotavec.bridges.patch import PATCH_VERSION, apply_patch, export_patch, index_dtype, read_patch
-from lotavec.errors import FingerprintMismatchError, FormatError, ModelError, OutputExistsError
+from lotavec.errors import (
+    FingerprintMismatchError,
+    FormatError,
+    ModelError,
+    NotFoundError,
+    OutputExistsError,
+)
 from lotavec.extraction import extract
 from lotavec.merge.apply import apply
+from lotavec.ticket import Ticket
 
 
 def plain_torch_apply(state: dict, path) -> int:
@@ -91,6 +98,10 @@ def test_refusals(llama_ticket, tmp_path, tiny_model_dirs):
     base, tk = llama_ticket
     with pytest.raises(ModelError, match="--base"):
         export_patch(tk, tmp_path / "nobase.safetensors")  # ulpdiff ticket, no base recorded
+    # A recorded base is looked up on the Hub (offline in the tests: a clear miss, no download).
+    recorded = Ticket(list(tk), base={"repo_id": "lotavec-test/not-cached", "revision": "0" * 40})
+    with pytest.raises(NotFoundError, match="lotavec-test/not-cached"):
+        export_patch(recorded, tmp_path / "hub.safetensors")
     from lotavec.testing import make_tiny_model
 
     other = tmp_path / "other_llama"
