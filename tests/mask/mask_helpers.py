@@ -13,8 +13,14 @@ from lotavec.mask._engine import iter_global
 from lotavec.mask._engine import select_global as _select_global
 
 #: Every way the engine can reach its answer: (retain, budget) for ``_select_global``.
-#: One pass with retention; two passes (collect); three passes (low histogram, then emit).
-PATHS = {"retain": (True, 1 << 40), "collect": (False, 1 << 40), "three-pass": (False, 0)}
+#: One pass with retention; retention given up midway for lack of budget (then two or three
+#: passes); two passes (collect); three passes (low histogram, then emit).
+PATHS = {
+    "retain": (True, 1 << 40),
+    "retain, small budget": (True, 3000),
+    "collect": (False, 1 << 40),
+    "three-pass": (False, 0),
+}
 
 
 def cands_of(arrays, excludes=None, calls=None):
