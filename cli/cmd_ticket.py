@@ -5,19 +5,28 @@ from __future__ import annotations
 import click
 
 from ._common import echo_json, human_bytes, user_errors
+from ._resolve import resolve_model_arg, resolve_ticket_arg
 
 
 @click.command()
 @click.argument("ticket")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Save a PNG heatmap of density per layer x module type (needs matplotlib).")
 @user_errors
-def inspect(ticket: str, as_json: bool) -> None:
+def inspect(ticket: str, as_json: bool, plot_path: str | None) -> None:
     """Show what a TICKET holds: per-tensor shape, dtype, nnz, density, codecs and size."""
     from lotavec.report import ticket_report
     from lotavec.ticket import load_ticket
 
-    with load_ticket(ticket) as t:
+    with load_ticket(resolve_ticket_arg(ticket)) as t:
         rep = ticket_report(t)
+        if plot_path:
+            from lotavec.plots import plot_density
+
+            plot_density(t, plot_path)
+    if plot_path and not as_json:
+        click.echo(f"wrote {plot_path}")
     if as_json:
         echo_json(rep)
         return
@@ -54,10 +63,10 @@ def verify(ticket: str, base: str | None, quick: bool) -> None:
     from lotavec.ticket import load_ticket
     from lotavec.verify import verify_against_base
 
-    with load_ticket(ticket) as t:
+    with load_ticket(resolve_ticket_arg(ticket)) as t:
         t.verify()
         click.echo(f"{ticket}: structure and checksums OK ({len(t)} tensors, nnz {t.nnz:,})")
         if base is not None:
-            n = verify_against_base(t, base, full=not quick)
+            n = verify_against_base(t, resolve_model_arg(base)[0], full=not quick)
             kind = "sampled fingerprints" if quick else "full digests"
             click.echo(f"{ticket}: matches base {base} ({n} tensors: shapes, dtypes, {kind})")

@@ -6,6 +6,7 @@ import click
 
 import lotavec
 
+from .cmd_bridges import export, import_peft
 from .cmd_extract import extract
 from .cmd_hub import pull, push
 from .cmd_merge import merge, overlap
@@ -31,6 +32,8 @@ cli.add_command(overlap)
 cli.add_command(train)
 cli.add_command(push)
 cli.add_command(pull)
+cli.add_command(export)
+cli.add_command(import_peft)
 
 
 def main() -> None:

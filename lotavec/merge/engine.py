@@ -164,7 +164,7 @@ def merge_tensor_values(name: str, base_arr: np.ndarray, dtype: str, out_dtype: 
             if tt is not None and tt.values != "f32delta":
                 sel = alone[i]
                 if sel.size:
-                    np.put(out, tt.indices[sel], tt.finetuned(base_at[i][sel]))
+                    np.put(out, tt.indices[sel], tt.finetuned(base_at[i])[sel])
     changed = int(np.count_nonzero(np.take(out, idx) != np.take(flat, idx))) if out_dtype == dtype else int(idx.size)
     return out.reshape(base_arr.shape), changed
 

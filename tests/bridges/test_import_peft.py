@@ -143,9 +143,6 @@ def test_two_lora_ranks_merge_through_lotavec(adapters, tmp_path):
     assert checked > 1000
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="lotavec/merge/engine.py merge_tensor_values calls tt.finetuned(base_at[i][sel]) with the "
-                          "subset of base values but the whole payload when lossless tickets partially overlap")
 def test_overlapping_lora_tickets_sum_merge(adapters, tmp_path):
     import lotavec
 
