@@ -107,14 +107,21 @@ def lo16(keys: np.ndarray) -> np.ndarray:
     return keys.view(np.uint16)[_LO::2]
 
 
-def take(kc: np.ndarray, key: int, ex: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray]:
-    """Local offsets (uint32, or ``None`` for "all") and copies of eligible keys >= ``key``."""
+def at_least(kc: np.ndarray, key: int, ex: np.ndarray | None) -> np.ndarray | None:
+    """Offsets (int64) of a chunk's eligible keys >= ``key``; ``None`` when that is all of them."""
     if key == 0 and ex is None:
-        return None, kc.copy()
+        return None
     m = kc >= np.uint32(key) if key else np.ones(kc.size, dtype=bool)
     if ex is not None:
         m[ex] = False
-    loc = np.flatnonzero(m)
+    return np.flatnonzero(m)  # then index with it: boolean indexing is several times slower
+
+
+def take(kc: np.ndarray, key: int, ex: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray]:
+    """Offsets (uint32, or ``None`` for "all") and copies of a chunk's eligible keys >= ``key``."""
+    loc = at_least(kc, key, ex)
+    if loc is None:
+        return None, kc.copy()
     return loc.astype(np.uint32), kc[loc]
 
 
@@ -154,27 +161,21 @@ class _Scan:
                 loc, sel = take(kc, self.cut, ex)
                 self.pieces[-1].append((c0, loc, sel))
                 self.retained += sel.size
-                h = np.bincount(hi16(sel), minlength=NBINS)
-            elif self.cut == 0:  # histogram all, then take the excluded entries out again
-                sel = kc
-                h = np.bincount(hi16(kc), minlength=NBINS)
-                if ex is not None:
-                    h -= np.bincount(hi16(kc[ex]), minlength=NBINS)
-                    self.zeros -= ex.size - int(np.count_nonzero(kc[ex]))
             else:
-                m = kc >= np.uint32(self.cut)
-                if ex is not None:
-                    m[ex] = False
-                sel = kc[np.flatnonzero(m)]  # boolean indexing is several times slower
-                h = np.bincount(hi16(sel), minlength=NBINS)
-            if self.cut == 0:
-                self.zeros += sel.size - int(np.count_nonzero(sel))
-            self.hist += h
-            self.counted += int(h.sum()) if ex is not None and self.pieces is None else sel.size
-            if self.counted >= self.k:
-                self.cut = boundary(self.hist, self.k)[0] << 16
+                loc = at_least(kc, self.cut, ex)
+                sel = kc if loc is None else kc[loc]
+            self._count(sel)
             if self.pieces is not None:
                 self._maybe_prune()
+
+    def _count(self, sel: np.ndarray) -> None:
+        """Histogram entries at or above the cut, then raise the cut if k are counted."""
+        self.hist += np.bincount(hi16(sel), minlength=NBINS)
+        self.counted += sel.size
+        if self.cut == 0:
+            self.zeros += sel.size - int(np.count_nonzero(sel))
+        if self.counted >= self.k:
+            self.cut = boundary(self.hist, self.k)[0] << 16
 
     def _maybe_prune(self) -> None:
         """Drop retained entries below the cut when over budget or when that frees half.
