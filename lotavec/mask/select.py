@@ -76,7 +76,11 @@ class Candidate:
     exclude: np.ndarray | None = None
 
     def __post_init__(self):
-        if isinstance(self.numel, bool) or int(self.numel) != self.numel or self.numel < 0:
+        if (
+            isinstance(self.numel, bool)
+            or not isinstance(self.numel, (int, np.integer))
+            or self.numel < 0
+        ):
             raise SelectionError(
                 f"tensor {self.name!r}: numel must be an integer >= 0, got {self.numel!r}"
             )
@@ -196,7 +200,9 @@ def select_topk(
         candidates: the tensors to select from, in tie-rule order.
         k: number of entries (global scope only); or ``density`` / ``sparsity``.
         scope: ``"global"`` (one threshold across all candidates) or ``"tensor"``.
-        progress: optional ``progress(stage, done, total)`` called after each tensor of a pass.
+        progress: optional ``progress(stage, done, total)`` called after each tensor of a pass;
+            stages are ``"select pass 1"`` .. ``"select pass 3"``, ``"validate scores"`` (k = 0 or
+            all eligible) and ``"select (per tensor)"`` (tensor scope); ``total`` = candidates.
         max_retained_bytes: memory allowed for keeping entries between passes (default: about
             the size of the result, see the module docstring); 0 never retains.
 

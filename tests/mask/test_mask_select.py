@@ -230,6 +230,9 @@ def test_validation_errors_name_the_flag():
         Candidate("w", 4, lambda: None, np.array([2, 1]))
     with pytest.raises(SelectionError, match="strictly increasing"):
         Candidate("w", 4, lambda: None, np.array([4]))
+    for numel in (-1, 2.5, None, True):
+        with pytest.raises(SelectionError, match="numel must be"):
+            Candidate("w", numel, lambda: None)
 
 
 def test_scores_that_change_between_passes_are_an_error():
