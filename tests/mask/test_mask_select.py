@@ -291,3 +291,18 @@ def test_iter_topk_yields_the_same_selection_in_order():
     assert calls == [3] * 4  # histogram, boundary bin, emit
     with pytest.raises(SelectionError, match="--density"):
         iter_topk(cands_of(arrays), density=2.0)  # validated at the call, not when iterated
+
+
+def test_mask_works_with_torch_blocked():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import numpy as np\n"
+        "from lotavec.mask import Candidate, select_topk, random_mask, mask_stats\n"
+        "c = [Candidate('a', 3, lambda: np.array([1, 3, 2], np.float32))]\n"
+        "assert select_topk(c, k=2)['a'].tolist() == [1, 2]\n"
+        "assert random_mask({'a': 3}, 2, seed=0)['a'].size == 2\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
