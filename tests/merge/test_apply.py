@@ -65,8 +65,15 @@ def pairs(tmp_path_factory, tiny_pair):
     return out
 
 
+#: State dicts stay alive for the module: apply() remembers dicts by id(), so a dropped dict with a
+#: ticket applied could otherwise be mistaken for a new one (see test_a_dropped_state_dict...).
+_KEEP: list[dict] = []
+
+
 def state(folder) -> dict:
-    return load_file(folder / "model.safetensors")
+    sd = load_file(folder / "model.safetensors")
+    _KEEP.append(sd)
+    return sd
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])
@@ -227,7 +234,7 @@ def test_negation(pairs):
         assert 0.3 < exact / total < 1.0  # rounding shows, and is bounded
     sd = state(base)
     lotavec.apply(sd, tks["ulpdiff"], 1.0)
-    with pytest.raises(FingerprintMismatchError):
+    with pytest.raises(BaseMismatchError):  # FingerprintMismatchError, or a refusal of the overlap
         lotavec.apply(sd, Ticket(list(tks["ulpdiff"])), -1.0)
 
 
@@ -269,6 +276,29 @@ def test_double_apply_and_stray_unapply_refused(pairs):
         lotavec.unapply(sd, tks["ulpdiff"])
     with pytest.raises(NotFoundError, match="not applied"):
         lotavec.unapply(state(base), tks["raw"])
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "apply/unapply remember state dicts by id() only (_registry in lotavec/merge/apply.py): a dict "
+    "dropped with a ticket applied leaves its entry behind, and a new dict at the same address "
+    "is taken for it (apply refused as 'already applied', unapply 'succeeds' and corrupts it)"))
+def test_a_dropped_state_dict_does_not_haunt_a_new_one(pairs):
+    base, _, tks = pairs["bf16"]
+    b = state(base)
+    sd = {k: v.clone() for k, v in b.items()}
+    lotavec.apply(sd, tks["ulpdiff"])
+    old = id(sd)
+    del sd
+    for _ in range(100):
+        fresh = {k: v.clone() for k, v in b.items()}
+        if id(fresh) == old:
+            break
+    else:
+        pytest.skip("the interpreter did not reuse the address of the dropped dict")
+    with pytest.raises(NotFoundError):
+        lotavec.unapply(fresh, tks["ulpdiff"])  # never applied to this dict
+    assert_same_bits(fresh, b)
+    lotavec.apply(fresh, tks["ulpdiff"])
 
 
 def test_apply_refuses_another_base(pairs):
