@@ -28,7 +28,7 @@ from ..errors import (
     ModelError,
     TensorMismatchError,
 )
-from ..format.dtypes import TICKET_DTYPES, from_float32, to_float32
+from ..format.dtypes import BITS, TICKET_DTYPES, from_float32, to_float32
 from ..format.fingerprint import base_digest, base_sample
 from ..hfwriter import ShardedWriter, atomic_output_dir, copy_model_files
 from ..mask import Candidate, select_topk
@@ -140,45 +140,84 @@ def merge_tensor_values(name: str, base_arr: np.ndarray, dtype: str, out_dtype: 
                         params: MergeParams, trims: dict[int, dict[str, np.ndarray]] | None) -> tuple[np.ndarray, int]:
     """Merged storage array of one tensor (``out_dtype``) and the number of changed entries."""
     flat = base_arr.reshape(-1)
+    if _exact_sum(params, len(parts)) and out_dtype == dtype:
+        out, changed = _exact_sum_values(name, flat, dtype, parts, params)
+        return out.reshape(base_arr.shape), changed
     deltas: list[SparseDelta | None] = []
-    base_at: dict[int, np.ndarray] = {}
-    for i, tt in enumerate(parts):
-        if tt is None:
-            deltas.append(None)
-            continue
-        base_at[i] = np.take(flat, tt.indices)
-        deltas.append(SparseDelta(tt.indices, tt.delta(base_at[i]), flat.size))
+    for tt in parts:
+        deltas.append(None if tt is None else SparseDelta(tt.indices, tt.delta(np.take(flat, tt.indices)), flat.size))
     tr = {i: trims[i][name] for i in trims if name in trims[i]} if trims else None
     merged = merge_tensor(name, deltas, params, trims=tr)
     if out_dtype == dtype:
         out = flat.copy()
     else:
         out = from_float32(to_float32(flat, dtype), out_dtype)
-    idx = merged.indices
-    new = to_float32(np.take(flat, idx), dtype) + merged.values
-    np.put(out, idx, from_float32(new, out_dtype))
-    if _exact_sum(params, len(parts)) and out_dtype == dtype:
-        # Lossless tickets reproduce fine-tuned bits exactly where they alone touch the tensor.
-        alone = _single_coverage([tt.indices if tt is not None else None for tt in parts])
-        for i, tt in enumerate(parts):
-            if tt is not None and tt.values != "f32delta":
-                sel = alone[i]
-                if sel.size:
-                    np.put(out, tt.indices[sel], tt.finetuned(base_at[i])[sel])
-    changed = int(np.count_nonzero(np.take(out, idx) != np.take(flat, idx))) if out_dtype == dtype else int(idx.size)
+    changed = _put_sum(out, flat, dtype, out_dtype, merged)
     return out.reshape(base_arr.shape), changed
 
 
-def _single_coverage(index_arrays: list[np.ndarray | None]) -> list[np.ndarray]:
-    """For each ticket, positions (into its indices) of entries no other ticket touches."""
-    present = [a for a in index_arrays if a is not None]
-    if len(present) == 1:
-        return [np.arange(a.size) if a is not None else np.empty(0, np.int64) for a in index_arrays]
-    allidx = np.concatenate(present)
-    uniq, counts = np.unique(allidx, return_counts=True)
-    shared = uniq[counts > 1]
-    return [np.flatnonzero(~np.isin(a, shared, assume_unique=True)) if a is not None else np.empty(0, np.int64)
-            for a in index_arrays]
+def _put_sum(out: np.ndarray, flat: np.ndarray, dtype: str, out_dtype: str, merged: SparseDelta) -> int:
+    """``out[i] = base[i] + merged[i]`` on the merged support; changed entries (storage differs)."""
+    idx = merged.indices
+    base_at = np.take(flat, idx)
+    new = from_float32(to_float32(base_at, dtype) + merged.values, out_dtype)
+    np.put(out, idx, new)
+    return int(np.count_nonzero(new != base_at)) if out_dtype == dtype else int(idx.size)
+
+
+def _exact_sum_values(name: str, flat: np.ndarray, dtype: str, parts: list[TicketTensor | None],
+                      params: MergeParams) -> tuple[np.ndarray, int]:
+    """``sum``/``disjoint`` with unit weights, in the base dtype: lossless tickets reproduce the
+    fine-tuned bits exactly where they alone touch the tensor (an integer add on the bit
+    patterns); entries several tickets share, and ``f32delta`` entries, take the float route of
+    :func:`merge_tensor` restricted to them (entries are merged independently, so the values
+    are those of the merge over the whole union).
+    """
+    out = flat.copy()
+    live = [(i, tt) for i, tt in enumerate(parts) if tt is not None]
+    shared = _shared_masks(flat.size, [tt.indices for _, tt in live])
+    bits = BITS[dtype]
+    magnitude = np.array(np.iinfo(bits).max >> 1, dtype=bits)  # every bit but the sign
+    changed = 0
+    floats: list[SparseDelta | None] = [None] * len(parts)
+    for (i, tt), sh in zip(live, shared):
+        base_at = np.take(flat, tt.indices)
+        if tt.values == "f32delta":
+            floats[i] = SparseDelta(tt.indices, tt.delta(base_at), flat.size)
+            continue
+        ft = tt.finetuned(base_at)  # checks the whole ticket for non-finite results
+        if sh is not None:
+            floats[i] = SparseDelta(tt.indices[sh], to_float32(ft[sh], dtype) - to_float32(base_at[sh], dtype),
+                                    flat.size)
+            alone = ~sh
+            idx, ft, base_at = tt.indices[alone], ft[alone], base_at[alone]
+        else:
+            idx = tt.indices
+        np.put(out, idx, ft)
+        fb, bb = ft.view(bits), base_at.view(bits)
+        # Changed: bits differ and the float delta is not zero (+0 and -0 do not count).
+        changed += int(np.count_nonzero((fb != bb) & (((fb | bb) & magnitude) != 0)))
+    if any(f is not None and f.indices.size for f in floats):
+        merged = merge_tensor(name, floats, params)
+        changed += _put_sum(out, flat, dtype, dtype, merged)
+    return out, changed
+
+
+def _shared_masks(numel: int, index_arrays: list[np.ndarray]) -> list[np.ndarray | None]:
+    """Per index array, a mask of its entries another array also holds (``None``: none shared).
+
+    A per-entry coverage count over the tensor: O(numel + entries), no sorting.
+    """
+    if len(index_arrays) < 2:
+        return [None] * len(index_arrays)
+    count = np.zeros(numel, np.uint8 if len(index_arrays) < 256 else np.uint32)
+    for a in index_arrays:
+        count[a] += 1  # indices are unique within one array
+    out: list[np.ndarray | None] = []
+    for a in index_arrays:
+        sh = np.take(count, a) > 1
+        out.append(sh if sh.any() else None)
+    return out
 
 
 def merge(base: Any, tickets: Sequence[Any], out_dir: str | os.PathLike, *, params: MergeParams | None = None,
