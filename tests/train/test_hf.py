@@ -91,3 +91,17 @@ def test_callback_with_plain_trainer_exports_and_guards(tmp_path, tok):
                       data_collator=Collator.for_tokenizer(tok), callbacks=[LotaCallback(tuner2)])
     with pytest.raises(TrainingError, match="not one of the SparseTuner's trainable values"):
         trainer.train()
+
+
+def test_gradient_checkpointing_with_frozen_embeddings_still_trains(tmp_path, tok):
+    model = make_tiny_model("llama", dtype="float32", seed=0)
+    masks = random_masks(model, 0.1, names={"model.layers.0.mlp.down_proj.weight"})
+    before = model.get_parameter("model.layers.0.mlp.down_proj.weight").detach().reshape(-1)[masks[
+        "model.layers.0.mlp.down_proj.weight"]].clone()
+    args = _args(tmp_path, 2, activation_checkpointing=True,
+                 activation_checkpointing_kwargs={"use_reentrant": True})
+    trainer = LotaTrainer(model=model, args=args, masks=masks, train_dataset=_data(tok),
+                          data_collator=Collator.for_tokenizer(tok))
+    trainer.train()
+    after = torch.as_tensor(trainer.export()["model.layers.0.mlp.down_proj.weight"][1])
+    assert (after != before).float().mean() > 0.5
