@@ -8,8 +8,12 @@
 * any other weight, or ``f32delta``: ``base + weight·delta`` is computed in float32 and rounded;
   the overwritten base values are saved at apply time and put back by unapply.
 
+Several tickets can be applied to one model as long as they do not share entries: each later
+ticket is checked against the fingerprints the tensors had before the first ticket touched them.
+
 Saved values live on the model object (``model._lotavec_undo``), or, for a plain state dict, in a
-registry keyed by the dict's identity; both are removed by :func:`unapply`.
+registry that holds the dict itself while any ticket is applied to it; both are removed by
+:func:`unapply`.
 """
 
 from __future__ import annotations
@@ -19,19 +23,24 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import BaseMismatchError, NotFoundError, TensorMismatchError
-from ..format.dtypes import BITS
+from ..errors import BaseMismatchError, FingerprintMismatchError, NotFoundError, TensorMismatchError
+from ..format.dtypes import BITS, storage_dtype
+from ..format.fingerprint import base_sample
 from ..models import open_model
 from ..ticket import Ticket, TicketTensor, load_ticket
 from ..torchio import dtype_name, torch_dtype
 
 _INT = {2: torch.int16, 4: torch.int32}
-_registry: dict[int, dict] = {}
+_registry: dict[int, tuple[dict, dict]] = {}
+_TENSORS = "__tensors__"  # store key: {tensor name: {"sample": pre-ticket fingerprint, "tickets": {key: indices}}}
 
 
 def _undo_store(model: Any) -> dict:
     if isinstance(model, dict):
-        return _registry.setdefault(id(model), {})
+        entry = _registry.get(id(model))
+        if entry is None or entry[0] is not model:  # the registry holds the dict: ids are not reused
+            entry = _registry[id(model)] = (model, {})
+        return entry[1]
     store = getattr(model, "_lotavec_undo", None)
     if store is None:
         store = {}
@@ -75,6 +84,7 @@ def apply(model: Any, ticket: Ticket | str, weight: float = 1.0, *, check_base: 
     if key in store:
         raise BaseMismatchError(f"ticket {key} is already applied to this model; unapply it first")
     tensors, src = _tensors(model)
+    touched = store.setdefault(_TENSORS, {})
     undo: dict[str, Any] = {"weight": float(weight), "saved": {}}
     with torch.no_grad():
         parts = []
@@ -84,10 +94,26 @@ def apply(model: Any, ticket: Ticket | str, weight: float = 1.0, *, check_base: 
                 raise TensorMismatchError(f"model has no tensor {tt.name!r} that the ticket changes")
             if tuple(p.shape) != tt.shape:
                 raise TensorMismatchError(f"tensor {tt.name!r}: ticket expects shape {list(tt.shape)}, model has {list(p.shape)}")
+            rec = touched.get(tt.name)
+            if rec is not None and check_base:
+                for other, idx in rec["tickets"].items():
+                    if np.intersect1d(idx, tt.indices, assume_unique=True).size:
+                        raise BaseMismatchError(
+                            f"tensor {tt.name!r}: ticket {key} shares entries with the applied ticket {other}; "
+                            "unapply it first or merge them with `lotavec merge`")
             if check_base and dtype_name(p.dtype) == tt.dtype:
-                tt.check_base(src.array(tt.name), tt.dtype, where="model")
+                if rec is None:
+                    tt.check_base(src.array(tt.name), tt.dtype, where="model")
+                elif tt.base_sample is not None and rec["sample"] is not None and tt.base_sample != rec["sample"]:
+                    raise FingerprintMismatchError(
+                        f"tensor {tt.name!r}: the model (before the tickets applied to it) differs from the base "
+                        "this ticket was made from; use that base, or check_base=False")
             parts.append((tt, p))
         for tt, p in parts:
+            if tt.name not in touched:
+                sample = base_sample(src.array(tt.name)) if dtype_name(p.dtype) == tt.dtype else None
+                touched[tt.name] = {"sample": sample, "tickets": {}}
+            touched[tt.name]["tickets"][key] = tt.indices
             undo["saved"][tt.name] = _apply_one(tt, p, weight)
     store[key] = undo
 
@@ -103,7 +129,7 @@ def _apply_one(tt: TicketTensor, p: torch.Tensor, weight: float) -> torch.Tensor
         return None
     saved = flat.index_select(0, idx).clone()
     b = saved.to(torch_dtype(tt.dtype)).cpu()  # exact when the model holds the ticket's dtype (or wider)
-    b_np = b.view(_INT[b.element_size()]).numpy().view(BITS[tt.dtype])
+    b_np = b.view(_INT[b.element_size()]).numpy().view(storage_dtype(tt.dtype))
     if weight == 1.0:
         new = torch.from_numpy(np.ascontiguousarray(tt.finetuned(b_np)).view(_np_int(tt))).view(torch_dtype(tt.dtype))
     else:
@@ -128,6 +154,13 @@ def unapply(model: Any, ticket: Ticket | str) -> None:
     if key not in store:
         raise NotFoundError(f"ticket {key} is not applied to this model")
     undo = store.pop(key)
+    touched = store.get(_TENSORS, {})
+    for name in list(touched):
+        touched[name]["tickets"].pop(key, None)
+        if not touched[name]["tickets"]:
+            del touched[name]
+    if not touched:
+        store.pop(_TENSORS, None)
     tensors, _ = _tensors(model)
     with torch.no_grad():
         for tt in tk:

@@ -22,7 +22,6 @@ import numpy as np
 
 from .._version import __version__
 from ..errors import (
-    BaseMismatchError,
     FingerprintMismatchError,
     MergeConfigError,
     ModelError,
@@ -70,7 +69,8 @@ def check_base_identity(base: TensorSource, tickets: Sequence[Ticket], *, full: 
     """Refuse tickets made for another base, before any output is written.
 
     Checks, per ticket tensor: presence, shape and dtype, and the sampled fingerprint (and the
-    full digest with ``full``). With ``force`` the problems are returned as warnings instead.
+    full digest with ``full``). With ``force`` fingerprint mismatches are returned as warnings
+    instead; missing tensors and shape or dtype differences are always refused.
 
     Raises:
         TensorMismatchError, FingerprintMismatchError: naming the ticket and tensor.
@@ -99,7 +99,7 @@ def check_base_identity(base: TensorSource, tickets: Sequence[Ticket], *, full: 
                 if full and entry.base_digest is not None and base_digest(arr) != entry.base_digest:
                     raise FingerprintMismatchError(
                         f"{label}: tensor {name!r}: full digest differs from the ticket's base{_ref(t)}")
-            except BaseMismatchError as e:
+            except FingerprintMismatchError as e:  # --force overrides content, never shapes or dtypes
                 if not force:
                     raise
                 warnings.append(str(e))

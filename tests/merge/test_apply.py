@@ -90,19 +90,14 @@ def test_apply_then_unapply_is_identity(pairs, dtype, codec, weight):
     assert_same_bits(sd, before)
 
 
-F32_BUG = pytest.mark.xfail(strict=True, reason=(
-    "apply() on an F32/F16 model, in its float path (ulpdiff/raw with weight != 1, f32delta with weight 1), hands the "
-    "ticket the base values viewed as unsigned bit patterns (BITS[dtype]) instead of storage "
-    "floats, so to_float32 converts the integers to floats: the applied values are garbage"))
+# Regression: apply() on F32/F16 models once handed the ticket bit patterns instead of floats.
 
 
 def value_cases():
     for dtype in ("bf16", "fp32"):
         for codec in CODECS:
             for weight in (1.0, 0.5, -2.0):
-                broken = dtype == "fp32" and ((weight != 1.0) != (codec == "f32delta"))
-                yield pytest.param(dtype, codec, weight, marks=[F32_BUG] if broken else [],
-                                   id=f"{dtype}-{codec}-{weight}")
+                yield pytest.param(dtype, codec, weight, id=f"{dtype}-{codec}-{weight}")
 
 
 @pytest.mark.parametrize("dtype, codec, weight", list(value_cases()))
@@ -122,7 +117,7 @@ def test_applied_values(pairs, dtype, codec, weight):
 
 
 @pytest.mark.parametrize("dtype, codec", [
-    (d, c) if not (d == "fp32" and c == "f32delta") else pytest.param(d, c, marks=F32_BUG)
+    (d, c)
     for d in ("bf16", "fp32") for c in CODECS])
 def test_weight_one_gives_the_finetuned_bits_and_unapply_restores_a_module(pairs, dtype, codec):
     from transformers import AutoModelForCausalLM
@@ -181,10 +176,6 @@ def test_hot_swap_two_tickets_one_at_a_time(pairs, tmp_path):
     assert not torch.equal(la, lb) and not torch.equal(la, l0)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "apply() checks each ticket's sampled base fingerprint against the model's *current* tensor, so "
-    "after applying ticket A, a ticket B that touches the same tensors (at other entries, e.g. "
-    "LoTTO tickets) is refused with FingerprintMismatchError although the model is B's base plus A"))
 def test_two_disjoint_tickets_in_memory(pairs, tmp_path):
     from lotavec.testing import make_finetuned
 
@@ -239,7 +230,7 @@ def test_negation(pairs):
 
 
 @pytest.mark.parametrize("dtype, codec", [
-    (d, c) if d == "bf16" else pytest.param(d, c, marks=F32_BUG) for d in ("bf16", "fp32") for c in CODECS])
+    (d, c) for d in ("bf16", "fp32") for c in CODECS])
 def test_linear_in_the_weight(pairs, dtype, codec):
     """apply(w) − base = w · δ within one ulp of max(|b + wδ|, |wδ|) (δ: the ticket's float32 delta;
     two roundings: w·δ in float32, then b + w·δ to the model's dtype)."""
@@ -278,10 +269,6 @@ def test_double_apply_and_stray_unapply_refused(pairs):
         lotavec.unapply(state(base), tks["raw"])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "apply/unapply remember state dicts by id() only (_registry in lotavec/merge/apply.py): a dict "
-    "dropped with a ticket applied leaves its entry behind, and a new dict at the same address "
-    "is taken for it (apply refused as 'already applied', unapply 'succeeds' and corrupts it)"))
 def test_a_dropped_state_dict_does_not_haunt_a_new_one(pairs):
     base, _, tks = pairs["bf16"]
     b = state(base)
