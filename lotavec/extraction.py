@@ -19,7 +19,7 @@ import numpy as np
 from ._version import __version__
 from .errors import DisjointnessError, SelectionError
 from .format.dtypes import TICKET_DTYPES, to_float32
-from .mask import Candidate, select_changed, select_topk
+from .mask import Candidate, iter_topk, resolve_k, select_changed, select_topk
 from .models import TensorSource, check_compatible, open_model, select_candidates
 from .ticket import Ticket, TicketTensor, TicketWriter, load_ticket
 
@@ -56,17 +56,52 @@ class ExtractResult:
         return self.nnz / self.candidate_params if self.candidate_params else 0.0
 
 
+#: Entries per step of the score computation: its temporaries stay in the CPU cache.
+_SCORE_CHUNK = 1 << 15
+#: Above this many bytes of selected indices (8 per entry), global selection streams tensor by
+#: tensor (:func:`lotavec.mask.iter_topk`: two or three score passes, memory independent of k)
+#: instead of holding the whole selection (:func:`lotavec.mask.select_topk`: usually one pass).
+_HELD_SELECTION_BYTES = 16 << 20
+
+
 def _scores(base: TensorSource, ft: TensorSource, name: str, dtype: str) -> Callable[[], np.ndarray]:
     def compute() -> np.ndarray:
-        b = to_float32(base.array(name).reshape(-1), dtype)
-        f = to_float32(ft.array(name).reshape(-1), dtype)
-        np.subtract(f, b, out=f)
-        np.abs(f, out=f)
+        out = _abs_delta(base.array(name).reshape(-1), ft.array(name).reshape(-1), dtype)
         base.release(name)
         ft.release(name)
-        return f
+        return out
 
     return compute
+
+
+def _abs_delta(base: np.ndarray, finetuned: np.ndarray, dtype: str) -> np.ndarray:
+    """``|finetuned - base|`` in float32 of two flat storage arrays (the selection scores).
+
+    Computed in cache-sized steps into one output array: the same values as converting both
+    arrays to float32 first, at about half the memory traffic.
+    """
+    n = base.size
+    out = np.empty(n, np.float32)
+    if dtype == "F32":
+        np.subtract(finetuned, base, out=out)
+        return np.abs(out, out=out)
+    tmp = np.empty(min(n, _SCORE_CHUNK), np.float32)
+    bf16 = dtype == "BF16"
+    for s in range(0, n, _SCORE_CHUNK):
+        e = min(s + _SCORE_CHUNK, n)
+        o, t = out[s:e], tmp[: e - s]
+        if bf16:  # bfloat16 bits are the high half of the float32's
+            ob, tb = o.view(np.uint32), t.view(np.uint32)
+            np.copyto(ob, finetuned[s:e])
+            ob <<= 16
+            np.copyto(tb, base[s:e])
+            tb <<= 16
+        else:
+            np.copyto(o, to_float32(finetuned[s:e], dtype))
+            np.copyto(t, to_float32(base[s:e], dtype))
+        np.subtract(o, t, out=o)
+        np.abs(o, out=o)
+    return out
 
 
 def exclusions(tickets: Iterable[Any], names: Sequence[str]) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -154,51 +189,76 @@ def extract(base: Any, finetuned: Any, out: str | os.PathLike | None = None, *,
             raise SelectionError("no candidate tensors: check --include/--exclude and the model's dtype (BF16/F16/F32)")
         excl, labels = exclusions(disjoint_from, names)
         cands = [Candidate(n, bsrc.numel(n), _scores(bsrc, fsrc, n, bsrc.info(n)[0]), excl.get(n)) for n in names]
-        if all_changed:
-            sel = select_changed(cands, progress=progress)
-        else:
-            sel = select_topk(cands, density=density, sparsity=sparsity, k=k, scope=scope, progress=progress)
+        selection = _selection(cands, all_changed=all_changed, density=density, sparsity=sparsity, k=k,
+                               scope=scope, progress=progress)
         cand_params = sum(c.numel for c in cands)
-        nnz = int(sum(s.size for s in sel.values()))
+        sel_info = {
+            "rule": "all_changed" if all_changed else "topk_abs_delta",
+            "scope": scope, "density": density, "sparsity": sparsity, "k": k,
+            "selected": None, "candidate_tensors": len(names), "candidate_params": cand_params,
+            "selected_density": None,
+            "tie_rule": "equal |delta| at the threshold: earlier (candidate order, flat index) first",
+            "include": list(include), "exclude": list(exclude),
+            "embeddings": embeddings, "lm_head": lm_head, "norms": norms, "biases": biases,
+            "disjoint_from": labels, "excluded_entries": int(sum(e.size for e in excl.values())),
+        }
         prov = {
             "lotavec_version": __version__,
-            "selection": {
-                "rule": "all_changed" if all_changed else "topk_abs_delta",
-                "scope": scope, "density": density, "sparsity": sparsity, "k": k,
-                "selected": nnz, "candidate_tensors": len(names), "candidate_params": cand_params,
-                "selected_density": nnz / cand_params if cand_params else 0.0,
-                "tie_rule": "equal |delta| at the threshold: earlier (candidate order, flat index) first",
-                "include": list(include), "exclude": list(exclude),
-                "embeddings": embeddings, "lm_head": lm_head, "norms": norms, "biases": biases,
-                "disjoint_from": labels, "excluded_entries": int(sum(e.size for e in excl.values())),
-            },
+            "selection": sel_info,
             "source": {"base": str(base) if isinstance(base, (str, os.PathLike)) else type(base).__name__,
                        "finetuned": str(finetuned) if isinstance(finetuned, (str, os.PathLike)) else type(finetuned).__name__},
             **(provenance or {}),
         }
         ref = dict(base_ref or {})
-        tensors = _ticket_tensors(bsrc, fsrc, names, sel, values, progress)
+        per_tensor: dict[str, int] = {}
+        tensors = _ticket_tensors(bsrc, fsrc, selection, per_tensor, values, progress, len(names))
         if out is not None:
             with TicketWriter(out, base=ref, provenance=prov) as w:
                 for t in tensors:
                     w.add(t)
+                _record_selected(sel_info, per_tensor, cand_params)  # shared with w.provenance
             ticket = load_ticket(out)
         else:
-            ticket = Ticket(list(tensors), base=ref, provenance=prov)
+            kept = list(tensors)
+            _record_selected(sel_info, per_tensor, cand_params)
+            ticket = Ticket(kept, base=ref, provenance=prov)
         if disjoint_from:
             check_disjoint(ticket, disjoint_from)
-        return ExtractResult(os.fspath(out) if out is not None else None, ticket, names, cand_params, nnz,
-                             {n: int(sel[n].size) for n in names}, {c.name: c.numel for c in cands},
+        return ExtractResult(os.fspath(out) if out is not None else None, ticket, names, cand_params,
+                             int(sel_info["selected"]), per_tensor, {c.name: c.numel for c in cands},
                              time.perf_counter() - t0, labels)
     finally:
         bsrc.close()
         fsrc.close()
 
 
-def _ticket_tensors(bsrc: TensorSource, fsrc: TensorSource, names: list[str], sel: dict[str, np.ndarray],
-                    values: str, progress: Progress):
-    for i, n in enumerate(names):
-        idx = sel[n]
+def _selection(cands: list[Candidate], *, all_changed: bool, density: float | None, sparsity: float | None,
+               k: int | None, scope: str, progress: Progress) -> Iterable[tuple[str, np.ndarray]]:
+    """``(name, selected flat indices)`` per candidate, in order; streamed when the whole
+    selection would not fit the memory bound (see ``_HELD_SELECTION_BYTES``)."""
+    if all_changed:
+        return select_changed(cands, progress=progress).items()
+    if scope == "global":
+        total = sum(c.numel for c in cands)
+        eligible = sum(c.eligible for c in cands)
+        kk = resolve_k(total, k=k, density=density, sparsity=sparsity, eligible=eligible)
+        if 8 * kk <= _HELD_SELECTION_BYTES:
+            return select_topk(cands, density=density, sparsity=sparsity, k=k, scope=scope, progress=progress).items()
+    # Per-tensor scope computes each tensor's scores once either way.
+    return iter_topk(cands, density=density, sparsity=sparsity, k=k, scope=scope, progress=progress)
+
+
+def _record_selected(sel_info: dict[str, Any], per_tensor: dict[str, int], cand_params: int) -> None:
+    nnz = sum(per_tensor.values())
+    sel_info["selected"] = nnz
+    sel_info["selected_density"] = nnz / cand_params if cand_params else 0.0
+
+
+def _ticket_tensors(bsrc: TensorSource, fsrc: TensorSource, selection: Iterable[tuple[str, np.ndarray]],
+                    per_tensor: dict[str, int], values: str, progress: Progress, total: int):
+    """Ticket tensors of the non-empty selections; fills ``per_tensor`` with every count."""
+    for i, (n, idx) in enumerate(selection):
+        per_tensor[n] = int(idx.size)
         if idx.size:
             dtype = bsrc.info(n)[0]
             b = bsrc.array(n)
@@ -206,5 +266,6 @@ def _ticket_tensors(bsrc: TensorSource, fsrc: TensorSource, names: list[str], se
             yield TicketTensor.from_finetuned(n, b, np.take(f, idx), idx, dtype, values=values)
             bsrc.release(n)
             fsrc.release(n)
+        del idx
         if progress:
-            progress("write", i + 1, len(names))
+            progress("write", i + 1, total)
