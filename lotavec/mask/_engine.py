@@ -15,6 +15,7 @@ import numpy as np
 from ..errors import SelectionError
 from . import _radix
 from ._radix import Progress
+from ._scan import Scan
 
 
 def changed_error(what: str) -> SelectionError:
@@ -52,7 +53,7 @@ def _trivial(cands: Sequence, k: int, progress: Progress) -> list[np.ndarray] | 
 
 
 def _pass_one(cands: Sequence, k: int, budget: int, progress: Progress, retain: bool):
-    scan = _radix._Scan(k, budget, retain)
+    scan = Scan(k, budget, retain)
     for i, c in enumerate(cands):
         scan.add(_radix.checked_keys(c), c.numel, c.exclude)
         _radix._tick(progress, "select pass 1", i + 1, len(cands))
@@ -94,6 +95,26 @@ def _exact_threshold(cands: Sequence, scan, bd: _Bounds, progress: Progress) -> 
     return (bd.b << 16) | lo_bits, r
 
 
+def _from_retained(scan: Scan, bd: _Bounds, cands: Sequence) -> list[np.ndarray]:
+    """The selection from pass 1's retained entries (and its kept prefix of zeros)."""
+    if bd.zero_ties is None:
+        t, r = _radix.threshold_from_pieces(scan.pieces, bd.b, bd.need)
+        return _radix.resolve_pieces(scan.pieces, t, r)
+    # Threshold 0: every retained (non-zero) entry, then the first zeros in order.
+    out, r = [], bd.zero_ties
+    for i, c in enumerate(cands):
+        pos, _ = _radix.resolve_one(scan.pieces, i, 0, 0)
+        zeros, r = scan.pop_zeros(i, r)
+        if zeros.size:
+            keep = np.zeros(c.numel, dtype=bool)
+            keep[pos] = True
+            keep[zeros] = True
+            del pos, zeros
+            pos = np.flatnonzero(keep)
+        out.append(pos)
+    return out
+
+
 def select_global(
     cands: Sequence, k: int, budget: int, progress: Progress, retain: bool
 ) -> list[np.ndarray]:
@@ -106,10 +127,9 @@ def select_global(
     if done is not None:
         return done
     scan = _pass_one(cands, k, budget, progress, retain)
-    if scan.pieces is not None:
-        t, r = _radix.threshold_from_pieces(scan.pieces, *_radix.boundary(scan.hist, k))
-        return _count_checked(_radix.resolve_pieces(scan.pieces, t, r), k)
     bd = _bounds(scan, k)
+    if scan.pieces is not None:
+        return _count_checked(_from_retained(scan, bd, cands), k)
     if bd.zero_ties is None and 8 * bd.above_lo <= budget:
         pieces, found = _radix.collect(cands, bd.lo, progress, "select pass 2")
         if found != bd.above_lo:

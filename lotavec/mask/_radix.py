@@ -5,7 +5,7 @@ Internal machinery of :mod:`lotavec.mask.select`. A non-negative finite float32 
 found with two 65536-bin histograms: one over the high 16 bits, one over the low 16 bits of the
 boundary bin.
 
-Pass 1 (:class:`_Scan`) histograms every eligible key above a running *cut* and keeps ("retains")
+Pass 1 (:class:`._scan.Scan`) histograms every eligible key above a running *cut* and keeps ("retains")
 the index and key of each such entry. The cut is the high-16-bit bin holding the k-th largest key
 seen so far; it only rises as data arrive, so an entry below it can never be selected and is
 neither counted nor kept. When the retained entries fit the memory budget, the answer is read
@@ -138,68 +138,6 @@ def boundary(hist: np.ndarray, k: int) -> tuple[int, int]:
     return j, k - higher
 
 
-class _Scan:
-    """Pass 1: histogram of eligible keys above a rising cut, with optional retention."""
-
-    def __init__(self, k: int, budget: int, retain: bool):
-        self.k = k
-        self.hist = np.zeros(NBINS, dtype=np.int64)
-        self.counted = 0  # entries in hist
-        self.zeros = 0  # eligible keys == 0 (exact while the cut is 0)
-        self.cut = 0  # key; multiple of NBINS
-        self.budget = budget
-        self.pieces: Pieces | None = [] if retain else None
-        self.retained = 0
-
-    def add(self, keys: np.ndarray, numel: int, exclude: np.ndarray | None) -> None:
-        """Histogram (and retain) one candidate's eligible keys at or above the cut."""
-        if self.pieces is not None:
-            self.pieces.append([])
-        for c0, c1, ex in chunks(numel, exclude):
-            kc = keys[c0:c1]
-            if self.pieces is not None:
-                loc, sel = take(kc, self.cut, ex)
-                self.pieces[-1].append((c0, loc, sel))
-                self.retained += sel.size
-            else:
-                loc = at_least(kc, self.cut, ex)
-                sel = kc if loc is None else kc[loc]
-            self._count(sel)
-            if self.pieces is not None:
-                self._maybe_prune()
-
-    def _count(self, sel: np.ndarray) -> None:
-        """Histogram entries at or above the cut, then raise the cut if k are counted."""
-        self.hist += np.bincount(hi16(sel), minlength=NBINS)
-        self.counted += sel.size
-        if self.cut == 0:
-            self.zeros += sel.size - int(np.count_nonzero(sel))
-        if self.counted >= self.k:
-            self.cut = boundary(self.hist, self.k)[0] << 16
-
-    def _maybe_prune(self) -> None:
-        """Drop retained entries below the cut when over budget or when that frees half.
-
-        ``hist`` counts every entry ever retained, so the entries that must stay (those in bins
-        at or above the cut) are known before any work; retention is abandoned, without
-        pruning, when even they exceed 3/4 of the budget.
-        """
-        keep = int(self.hist[self.cut >> 16 :].sum())
-        if 8 * self.retained > self.budget:
-            if 8 * keep > self.budget * 3 // 4:
-                self.pieces = None  # retention does not pay off: fall back to more passes
-                return
-        elif self.retained - keep < max(keep, PRUNE_MIN):
-            return
-        cut = np.uint32(self.cut)
-        for plist in self.pieces:
-            for i, (c0, loc, key) in enumerate(plist):
-                if key.size and key.min() < cut:
-                    p = np.flatnonzero(key >= cut)
-                    plist[i] = (c0, p.astype(np.uint32) if loc is None else loc[p], key[p])
-        self.retained = keep
-
-
 def collect(cands: Sequence, lo: int, progress: Progress, stage: str) -> tuple[Pieces, int]:
     """A pass keeping (offsets, keys) of every eligible entry with key >= ``lo``."""
     pieces: Pieces = []
@@ -273,20 +211,26 @@ def resolve_pieces(pieces: Pieces, t: int, r: int) -> list[np.ndarray]:
     Frees each candidate's pieces as it goes, so retained and result memory do not add up.
     """
     out = []
-    tt = np.uint32(t)
     for c in range(len(pieces)):
-        parts = []
-        for c0, loc, key in pieces[c]:
-            m = key > tt
-            if r > 0:
-                ties = np.flatnonzero(key == tt)[:r]
-                r -= ties.size
-                m[ties] = True
-            sel = np.flatnonzero(m)
-            parts.append(sel + c0 if loc is None else np.add(loc[sel], c0, dtype=np.int64))
-        pieces[c] = []
-        out.append(_concat(parts))
+        sel, r = resolve_one(pieces, c, t, r)
+        out.append(sel)
     return out
+
+
+def resolve_one(pieces: Pieces, c: int, t: int, r: int) -> tuple[np.ndarray, int]:
+    """Candidate ``c``'s selection from its pieces (then freed), and the ties still to take."""
+    parts = []
+    tt = np.uint32(t)
+    for c0, loc, key in pieces[c]:
+        m = key > tt
+        if r > 0:
+            ties = np.flatnonzero(key == tt)[:r]
+            r -= ties.size
+            m[ties] = True
+        sel = np.flatnonzero(m)
+        parts.append(sel + c0 if loc is None else np.add(loc[sel], c0, dtype=np.int64))
+    pieces[c] = []
+    return _concat(parts), r
 
 
 def _concat(parts: list[np.ndarray]) -> np.ndarray:
