@@ -99,6 +99,9 @@ def check_base_identity(base: TensorSource, tickets: Sequence[Ticket], *, full: 
                 if full and entry.base_digest is not None and base_digest(arr) != entry.base_digest:
                     raise FingerprintMismatchError(
                         f"{label}: tensor {name!r}: full digest differs from the ticket's base{_ref(t)}")
+                # The 4096 sampled entries touch nearly every page of the tensor: drop them, or the
+                # whole touched base stays resident before the merge starts.
+                base.release(name)
             except FingerprintMismatchError as e:  # --force overrides content, never shapes or dtypes
                 if not force:
                     raise
