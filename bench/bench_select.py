@@ -22,6 +22,7 @@ import numpy as np
 
 from lotavec.format.dtypes import from_float32, to_float32
 from lotavec.mask import Candidate, select_topk
+from lotavec.mask._radix import CHUNK
 
 
 def make_pairs(n: int, numel: int, dtype: str, touched: float, order: str, seed: int):
@@ -46,20 +47,34 @@ def make_pairs(n: int, numel: int, dtype: str, touched: float, order: str, seed:
     return pairs
 
 
-def candidates(pairs, dtype: str, calls: list[int]):
-    """Candidates computing |ft - base| in float32 on every call, like extraction from mmap."""
+def candidates(pairs, dtype: str, calls: list[int], ranged: bool = False):
+    """Candidates computing |ft - base| in float32 on every call, like extraction from mmap.
+
+    ``ranged``: give ``score_range`` (scores of a slice, computed chunk by chunk) instead.
+    """
     name = "BF16" if dtype == "bf16" else "F32"
+
+    def delta(base, ft):
+        d = to_float32(ft, name)
+        d -= to_float32(base, name)
+        return np.abs(d, out=d)
 
     def scorer(base, ft):
         def scores():
             calls[0] += 1
-            d = to_float32(ft, name)
-            d -= to_float32(base, name)
-            return np.abs(d, out=d)
+            return delta(base, ft)
 
-        return scores
+        def score_range(start, stop):
+            calls[0] += start == 0
+            return delta(base[start:stop], ft[start:stop])
 
-    return [Candidate(f"t{i}", b.size, scorer(b, f)) for i, (b, f) in enumerate(pairs)]
+        return (None, score_range) if ranged else (scores, None)
+
+    out = []
+    for i, (b, f) in enumerate(pairs):
+        scores, score_range = scorer(b, f)
+        out.append(Candidate(f"t{i}", b.size, scores, score_range=score_range))
+    return out
 
 
 def main() -> None:
@@ -77,13 +92,14 @@ def main() -> None:
     )
     p.add_argument("--scope", choices=["global", "tensor"], default="global")
     p.add_argument("--max-retained-bytes", type=int, default=None)
+    p.add_argument("--ranged", action="store_true", help="score_range: scores chunk by chunk")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--trace", action="store_true", help="also measure peak allocation (slower)")
     a = p.parse_args()
 
     pairs = make_pairs(a.tensors, a.numel, a.dtype, a.touched, a.order, seed=0)
     calls = [0]
-    cands = candidates(pairs, a.dtype, calls)
+    cands = candidates(pairs, a.dtype, calls, a.ranged)
     total = a.tensors * a.numel
 
     def run(cs):
@@ -93,7 +109,7 @@ def main() -> None:
 
     # The selector's own work, isolated: the same selection over score arrays computed beforehand
     # (the callables return them without recomputation). Less sensitive to a busy machine.
-    cached = [np.asarray(c.scores()) for c in cands]
+    cached = [np.asarray(c.scores() if c.scores else c.score_range(0, c.numel)) for c in cands]
     ccands = [Candidate(c.name, c.numel, lambda s=s: s) for c, s in zip(cands, cached)]
     floors, times, own, passes = [], [], [], []
     for _ in range(a.repeat):  # interleaved, best of each: the machine may be shared
@@ -108,7 +124,8 @@ def main() -> None:
     ns = 1e9 / total
     print(
         f"{a.tensors} tensors x {a.numel:,} = {total:,} scores ({a.dtype}, touched {a.touched:g}), "
-        f"scales {a.order}, density {a.density:g}, scope {a.scope}: selected {nnz:,}"
+        f"scales {a.order}, density {a.density:g}, scope {a.scope}"
+        f"{', score_range' if a.ranged else ''}: selected {nnz:,}"
     )
     print(f"floor (scores once):       {floor:.3f} s = {floor * ns:.2f} ns/entry")
     print(
@@ -132,9 +149,14 @@ def main() -> None:
 
 
 def _score_pass(cands) -> None:
-    """The floor: every candidate's scores computed once, each dropped before the next."""
+    """The floor: every candidate's scores computed once, each dropped before the next (in
+    chunks of the selector's size for ``score_range``)."""
     for c in cands:
-        c.scores()
+        if c.scores is not None:
+            c.scores()
+        else:
+            for start in range(0, c.numel, CHUNK):
+                c.score_range(start, min(start + CHUNK, c.numel))
 
 
 def _time(fn) -> float:

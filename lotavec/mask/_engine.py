@@ -55,7 +55,7 @@ def _trivial(cands: Sequence, k: int, progress: Progress) -> list[np.ndarray] | 
 def _pass_one(cands: Sequence, k: int, budget: int, progress: Progress, retain: bool):
     scan = Scan(k, budget, retain)
     for i, c in enumerate(cands):
-        scan.add(_radix.checked_keys(c), c.numel, c.exclude)
+        scan.add(c)
         _radix._tick(progress, "select pass 1", i + 1, len(cands))
     return scan
 

@@ -44,29 +44,53 @@ Pieces = list[list[tuple[int, np.ndarray | None, np.ndarray]]]
 
 
 def checked_keys(cand) -> np.ndarray:
-    """Compute ``cand.scores()`` and return its bits as a flat ``uint32`` key array.
+    """All of a candidate's scores (one call) as a flat ``uint32`` key array.
 
     Raises:
         SelectionError: wrong type, dtype or length; NaN, infinite or negative scores.
     """
-    s = cand.scores()
+    if cand.scores is not None:
+        return _as_keys(cand.name, cand.scores(), cand.numel, 0, whole=True)
+    return _as_keys(cand.name, cand.score_range(0, cand.numel), cand.numel, 0, whole=True)
+
+
+def key_chunks(cand) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
+    """Yield ``(start, keys of the chunk, excluded local offsets or None)`` for a candidate.
+
+    With ``score_range`` the scores are computed chunk by chunk (they stay in cache and are never
+    all in memory); else ``scores()`` is called once and sliced.
+    """
+    if cand.score_range is None:
+        keys = checked_keys(cand)
+        for c0, c1, ex in chunks(cand.numel, cand.exclude):
+            yield c0, keys[c0:c1], ex
+        return
+    for c0, c1, ex in chunks(cand.numel, cand.exclude):
+        yield c0, _as_keys(cand.name, cand.score_range(c0, c1), c1 - c0, c0), ex
+
+
+def _as_keys(name: str, s, n: int, offset: int, whole: bool = False) -> np.ndarray:
+    """Validate ``n`` scores starting at flat index ``offset``; return their uint32 keys."""
     if not isinstance(s, np.ndarray) or s.dtype != np.dtype("=f4"):
         found = s.dtype if isinstance(s, np.ndarray) else type(s).__name__
         raise SelectionError(
-            f"scores of tensor {cand.name!r} must be a native float32 numpy array, found {found}; "
+            f"scores of tensor {name!r} must be a native float32 numpy array, found {found}; "
             "convert with .astype(np.float32)"
         )
-    if s.size != cand.numel:
+    if s.size != n:
         raise SelectionError(
-            f"scores of tensor {cand.name!r} have {s.size} elements, expected numel={cand.numel}"
+            f"scores of tensor {name!r} have {s.size} elements, expected numel={n}"
+            if whole
+            else f"score_range of tensor {name!r} returned {s.size} elements for entries "
+            f"[{offset}, {offset + n}), expected {n}"
         )
     keys = np.ascontiguousarray(s.reshape(-1)).view(np.uint32)
     if keys.size and int(keys.max()) >= KEY_INF:
-        keys = _repair_or_raise(cand.name, keys)
+        keys = _repair_or_raise(name, keys, offset)
     return keys
 
 
-def _repair_or_raise(name: str, keys: np.ndarray) -> np.ndarray:
+def _repair_or_raise(name: str, keys: np.ndarray, offset: int) -> np.ndarray:
     """Raise on NaN/inf/negative scores; map -0.0 to +0.0 (the only harmless large key)."""
     mag = keys & np.uint32(0x7FFFFFFF)
     bad = np.flatnonzero(mag >= KEY_INF)
@@ -74,13 +98,14 @@ def _repair_or_raise(name: str, keys: np.ndarray) -> np.ndarray:
         what = "NaN" if mag[bad[0]] > KEY_INF else "infinite"
         raise SelectionError(
             f"tensor {name!r} has {bad.size} {what}/non-finite scores (first at flat index "
-            f"{int(bad[0])}); the base or fine-tuned tensor holds NaN or inf: fix or exclude it"
+            f"{offset + int(bad[0])}); the base or fine-tuned tensor holds NaN or inf: fix or "
+            "exclude it"
         )
     neg = np.flatnonzero((keys >= _SIGN) & (mag != 0))
     if neg.size:
         raise SelectionError(
-            f"tensor {name!r} has {neg.size} negative scores (first at flat index {int(neg[0])}); "
-            "scores must be magnitudes |delta| >= 0"
+            f"tensor {name!r} has {neg.size} negative scores (first at flat index "
+            f"{offset + int(neg[0])}); scores must be magnitudes |delta| >= 0"
         )
     return mag  # only -0.0 entries had the sign bit: now +0.0
 
@@ -125,17 +150,18 @@ def take(kc: np.ndarray, key: int, ex: np.ndarray | None) -> tuple[np.ndarray | 
     return loc.astype(np.uint32), kc[loc]
 
 
-def boundary(hist: np.ndarray, k: int) -> tuple[int, int]:
+def boundary(hist: np.ndarray, k: int, start: int = 0) -> tuple[int, int]:
     """Bin ``j`` holding the k-th largest entry, and how many entries of bin ``j`` are needed.
 
     ``hist[i]`` counts entries in bin ``i`` (larger bin = larger key); requires
-    ``1 <= k <= hist.sum()``. Returns ``(j, need)`` with ``count(bins > j) < k <= count(bins >= j)``
-    and ``need = k - count(bins > j)``.
+    ``1 <= k <= hist[start:].sum()`` and the answer to be ``>= start`` (bins below ``start`` are
+    not looked at: the running cut only rises). Returns ``(j, need)`` with
+    ``count(bins > j) < k <= count(bins >= j)`` and ``need = k - count(bins > j)``.
     """
-    above = np.cumsum(hist[::-1])[::-1]  # above[i] = entries in bins >= i
+    above = np.cumsum(hist[start:][::-1])[::-1]  # above[i] = entries in bins >= start + i
     j = int(np.count_nonzero(above >= k)) - 1
-    higher = int(above[j + 1]) if j + 1 < hist.size else 0
-    return j, k - higher
+    higher = int(above[j + 1]) if j + 1 < above.size else 0
+    return start + j, k - higher
 
 
 def collect(cands: Sequence, lo: int, progress: Progress, stage: str) -> tuple[Pieces, int]:
@@ -143,14 +169,12 @@ def collect(cands: Sequence, lo: int, progress: Progress, stage: str) -> tuple[P
     pieces: Pieces = []
     total = 0
     for i, cand in enumerate(cands):
-        keys = checked_keys(cand)
         plist = []
-        for c0, c1, ex in chunks(cand.numel, cand.exclude):
-            loc, sel = take(keys[c0:c1], lo, ex)
+        for c0, kc, ex in key_chunks(cand):
+            loc, sel = take(kc, lo, ex)
             plist.append((c0, loc, sel))
             total += sel.size
         pieces.append(plist)
-        del keys
         _tick(progress, stage, i + 1, len(cands))
     return pieces, total
 
@@ -159,14 +183,11 @@ def low_histogram(cands: Sequence, b: int, progress: Progress, stage: str) -> np
     """A pass histogramming the low 16 bits of eligible keys whose high 16 bits equal ``b``."""
     h2 = np.zeros(NBINS, dtype=np.int64)
     for i, cand in enumerate(cands):
-        keys = checked_keys(cand)
-        for c0, c1, ex in chunks(cand.numel, cand.exclude):
-            kc = keys[c0:c1]
+        for _, kc, ex in key_chunks(cand):
             m = hi16(kc) == b
             if ex is not None:
                 m[ex] = False
             h2 += np.bincount(lo16(kc[np.flatnonzero(m)]), minlength=NBINS)
-        del keys
         _tick(progress, stage, i + 1, len(cands))
     return h2
 
@@ -175,10 +196,8 @@ def emit(cands: Sequence, t: int, r: int, progress: Progress, stage: str) -> Ite
     """A pass yielding, per candidate, keys > ``t`` plus the first ``r`` eligible keys == ``t``."""
     tt = np.uint32(t)
     for i, cand in enumerate(cands):
-        keys = checked_keys(cand)
         parts = []
-        for c0, c1, ex in chunks(cand.numel, cand.exclude):
-            kc = keys[c0:c1]
+        for c0, kc, ex in key_chunks(cand):
             m = kc > tt
             if r > 0:
                 eq = kc == tt
@@ -190,7 +209,6 @@ def emit(cands: Sequence, t: int, r: int, progress: Progress, stage: str) -> Ite
             if ex is not None:
                 m[ex] = False
             parts.append(np.flatnonzero(m) + c0)
-        del keys
         _tick(progress, stage, i + 1, len(cands))
         yield _concat(parts)
 

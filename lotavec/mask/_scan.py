@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _radix
-from ._radix import NBINS, Pieces, at_least, boundary, chunks, hi16, take
+from ._radix import NBINS, Pieces, at_least, boundary, hi16, key_chunks, take
 
 
 class Scan:
@@ -41,14 +41,13 @@ class Scan:
         """Eligible entries with a non-zero key (exact while the cut is 0)."""
         return self.counted - self.zeros
 
-    def add(self, keys: np.ndarray, numel: int, exclude: np.ndarray | None) -> None:
+    def add(self, cand) -> None:
         """Histogram (and retain) one candidate's eligible keys at or above the cut."""
         ci = -1
         if self.pieces is not None:
             self.pieces.append([])
             ci = len(self.pieces) - 1
-        for c0, c1, ex in chunks(numel, exclude):
-            kc = keys[c0:c1]
+        for c0, kc, ex in key_chunks(cand):
             if self.pieces is None:
                 loc = at_least(kc, self.cut, ex)
                 self._count(kc if loc is None else kc[loc], None)
@@ -76,7 +75,7 @@ class Scan:
         self.hist += h
         self.counted += n
         if self.counted >= self.k:
-            self.cut = boundary(self.hist, self.k)[0] << 16
+            self.cut = boundary(self.hist, self.k, self.cut >> 16)[0] << 16
 
     def _keep_zeros(self, ci: int, kc: np.ndarray, c0: int, ex: np.ndarray | None) -> None:
         """Keep the chunk's zeros while the prefix of zeros kept may still be needed."""

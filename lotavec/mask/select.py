@@ -65,15 +65,21 @@ class Candidate:
         scores: returns the float32 scores ``|delta|`` (non-negative, length ``numel``, C order).
             It may be called several times and must return the same values each time.
         exclude: sorted, unique int64 flat indices that may not be selected, or ``None``.
+        score_range: optional ``score_range(start, stop)`` returning the scores of flat entries
+            ``[start, stop)`` only. When given it is used instead of ``scores`` (which may then be
+            ``None``): scores are computed chunk by chunk (~0.5 M entries), so a tensor's scores
+            are never all in memory and stay in cache while selected — faster and leaner.
 
     Raises:
-        SelectionError: negative numel, or ``exclude`` not sorted/unique/in range.
+        SelectionError: negative numel, no score callable, or ``exclude`` not
+            sorted/unique/in range.
     """
 
     name: str
     numel: int
-    scores: Callable[[], np.ndarray]
+    scores: Callable[[], np.ndarray] | None = None
     exclude: np.ndarray | None = None
+    score_range: Callable[[int, int], np.ndarray] | None = None
 
     def __post_init__(self):
         if (
@@ -85,6 +91,8 @@ class Candidate:
                 f"tensor {self.name!r}: numel must be an integer >= 0, got {self.numel!r}"
             )
         object.__setattr__(self, "numel", int(self.numel))
+        if not callable(self.scores) and not callable(self.score_range):
+            raise SelectionError(f"tensor {self.name!r}: give a scores or score_range callable")
         if self.exclude is not None:
             ex = np.asarray(self.exclude)
             if ex.ndim != 1 or (ex.size and ex.dtype.kind not in "iu"):
@@ -302,14 +310,12 @@ def select_changed(
     cands = _check_candidates(candidates)
     out = {}
     for i, c in enumerate(cands):
-        keys = _radix.checked_keys(c)
         parts = []
-        for c0, c1, ex in _radix.chunks(c.numel, c.exclude):
-            m = keys[c0:c1] != 0
+        for c0, kc, ex in _radix.key_chunks(c):
+            m = kc != 0
             if ex is not None:
                 m[ex] = False
             parts.append(np.flatnonzero(m) + c0)
         out[c.name] = _radix._concat(parts)
-        del keys
         _radix._tick(progress, "select changed", i + 1, len(cands))
     return out

@@ -23,8 +23,11 @@ PATHS = {
 }
 
 
-def cands_of(arrays, excludes=None, calls=None):
-    """Candidates returning a fresh copy of each array (as a recomputation would)."""
+def cands_of(arrays, excludes=None, calls=None, ranged=False):
+    """Candidates recomputing (copying) each array on every call.
+
+    ``ranged``: give ``score_range`` (chunk by chunk) instead of ``scores``.
+    """
     excludes = excludes or [None] * len(arrays)
     out = []
     for i, (a, ex) in enumerate(zip(arrays, excludes)):
@@ -34,7 +37,15 @@ def cands_of(arrays, excludes=None, calls=None):
                 calls[i] += 1
             return a.copy()
 
-        out.append(Candidate(f"t{i}", int(a.size), scores, ex))
+        def score_range(start, stop, a=a, i=i):
+            if calls is not None and start == 0:
+                calls[i] += 1
+            return a.reshape(-1)[start:stop].copy()
+
+        if ranged:
+            out.append(Candidate(f"t{i}", int(a.size), None, ex, score_range=score_range))
+        else:
+            out.append(Candidate(f"t{i}", int(a.size), scores, ex))
     return out
 
 

@@ -97,3 +97,26 @@ def test_iter_topk_peak_memory_independent_of_k(case):
         tracemalloc.stop()
     assert 8 * nnz > BOUND  # select_topk's result alone would not fit
     assert peak <= BOUND, f"{case}: {peak / MIB:.1f} MiB"
+
+
+def _hashed_range(seed: int):
+    """Deterministic pseudo-random scores of any flat range, computed on demand."""
+
+    def score_range(start: int, stop: int) -> np.ndarray:
+        i = np.arange(start, stop, dtype=np.uint64) + np.uint64(seed << 40)
+        i *= np.uint64(0x9E3779B97F4A7C15)
+        return ((i >> np.uint64(40)).astype(np.float32)) * np.float32(2.0**-24)
+
+    return score_range
+
+
+def test_score_range_never_holds_a_whole_tensor():
+    big = 16_000_000  # 61 MiB of float32 scores
+    sizes = [SMALL] * 4 + [big] + [SMALL] * 4
+    cands = [Candidate(f"t{i}", n, score_range=_hashed_range(i)) for i, n in enumerate(sizes)]
+    peak, result = _peak_beyond_result(cands, density=0.01)
+    # Chunk temporaries and the retained entries only: far below one float32 copy of the
+    # largest tensor.
+    assert peak <= 32 * MIB < 4 * big, (
+        f"{peak / MIB:.1f} MiB beyond a {result / MIB:.1f} MiB result"
+    )

@@ -30,11 +30,12 @@ def test_global_equals_torch_topk_on_distinct_scores(sizes, frac, seed):
     k = int(round(frac * sum(sizes)))
     want = brute_torch_topk(arrays, k)
     with small_chunks():
-        for path, got in all_paths(cands_of(arrays), k).items():
-            assert sum(g.size for g in got) == k, path
-            for g, w in zip(got, want):
-                np.testing.assert_array_equal(g, w, err_msg=path)
-                assert g.dtype == np.int64
+        for ranged in (False, True):
+            for path, got in all_paths(cands_of(arrays, ranged=ranged), k).items():
+                assert sum(g.size for g in got) == k, path
+                for g, w in zip(got, want):
+                    np.testing.assert_array_equal(g, w, err_msg=f"{path} ranged={ranged}")
+                    assert g.dtype == np.int64
 
 
 @settings(max_examples=60, deadline=None)
@@ -54,10 +55,11 @@ def test_tie_rule_and_exclusions_match_brute_force(sizes, levels, frac, exclude_
     k = int(round(frac * eligible))
     want = brute_tie_rule(arrays, k, excludes)
     with small_chunks():
-        for path, got in all_paths(cands_of(arrays, excludes), k).items():
-            for g, w, ex in zip(got, want, excludes):
-                np.testing.assert_array_equal(g, w, err_msg=path)
-                assert np.intersect1d(g, ex).size == 0
+        for ranged in (False, True):
+            for path, got in all_paths(cands_of(arrays, excludes, ranged=ranged), k).items():
+                for g, w, ex in zip(got, want, excludes):
+                    np.testing.assert_array_equal(g, w, err_msg=f"{path} ranged={ranged}")
+                    assert np.intersect1d(g, ex).size == 0
 
 
 @pytest.mark.parametrize("chunked", [False, True])
@@ -180,13 +182,14 @@ def test_empty_and_zero_dim_tensors():
 def test_non_finite_or_negative_scores_name_the_tensor(bad):
     a = np.ones(10, np.float32)
     a[7] = bad
-    cands = [
-        Candidate("ok", 3, lambda: np.ones(3, np.float32)),
-        Candidate("model.w", 10, lambda: a.copy()),
-    ]
-    for call in (lambda: select_topk(cands, k=2), lambda: select_changed(cands)):
-        with pytest.raises(SelectionError, match=r"model\.w.*flat index 7"):
-            call()
+    ranged = Candidate("model.w", 10, score_range=lambda i, j: a[i:j].copy())
+    for w in (Candidate("model.w", 10, lambda: a.copy()), ranged):
+        cands = [Candidate("ok", 3, lambda: np.ones(3, np.float32)), w]
+        with small_chunks(chunk=4):  # the bad entry is in the second chunk of a score_range
+            with pytest.raises(SelectionError, match=r"model\.w.*flat index 7"):
+                select_topk(cands, k=2)
+            with pytest.raises(SelectionError, match=r"model\.w.*flat index 7"):
+                select_changed(cands)
 
 
 def test_negative_zero_counts_as_zero():
@@ -226,6 +229,11 @@ def test_validation_errors_name_the_flag():
         select_topk([Candidate("w", 4, lambda: np.ones(4))], k=1)
     with pytest.raises(SelectionError, match="expected numel=5"):
         select_topk([Candidate("w", 5, lambda: np.ones(4, np.float32))], k=1)
+    short = Candidate("w", 5, score_range=lambda i, j: np.ones(max(j - i - 1, 0), np.float32))
+    with pytest.raises(SelectionError, match=r"entries \[0, 5\), expected 5"):
+        select_topk([short], k=1)
+    with pytest.raises(SelectionError, match="scores or score_range"):
+        Candidate("w", 4)
     with pytest.raises(SelectionError, match="strictly increasing"):
         Candidate("w", 4, lambda: None, np.array([2, 1]))
     with pytest.raises(SelectionError, match="strictly increasing"):
