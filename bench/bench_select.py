@@ -10,6 +10,8 @@ scale differs per tensor), then times
 and prints the ratio, the number of score passes, and the peak traced allocation of the selection.
 
 Usage: ``.venv/bin/python bench/bench_select.py [--tensors 20 --numel 5000000 --density 0.1]``
+(``--ranged`` gives the candidates ``score_range`` instead of ``scores``; ``--help`` for more).
+Times are CPU seconds of this process, best of ``--repeat`` interleaved runs.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 A *candidate* is a tensor whose entries may enter a ticket; its *scores* are the float32
 magnitudes ``|fine-tuned - base|`` in flat C order, recomputed by a callable each time they are
-needed, so that no more than one tensor's scores are ever held at once.
+needed — whole (``scores()``) or by flat range (``score_range(start, stop)``, preferred: then
+not even one tensor's scores are held at once).
 
 Definitions (the spec repeats them):
 
@@ -31,8 +32,9 @@ Passes and memory: a radix select on the float32 bit patterns (``_radix``). ``se
 computes the scores once when the entries above the running threshold fit ``max_retained_bytes``
 (default ``8 x (k + largest numel) + 32 MiB``: about the size of the result), else twice, or three
 times when the boundary histogram bin is itself too full. Peak memory beyond the inputs and the
-returned selection (8 bytes per selected entry) is one tensor's scores as the callable returns
-them, the retained entries in excess of the result, and chunk temporaries (~16 MB): within
+returned selection (8 bytes per selected entry) is one tensor's scores as ``scores()`` returns
+them (nothing with ``score_range``), the retained entries in excess of the result, and chunk
+temporaries (~16 MB): within
 ``3 x largest candidate in float32 + 64 MiB``. ``iter_topk`` yields tensor by tensor and retains
 nothing, so for a consumer that drops each tensor's indices the bound holds with the result
 included, at the price of two or three passes.
