@@ -189,17 +189,17 @@ def _exact_sum_values(name: str, flat: np.ndarray, dtype: str, parts: list[Ticke
             floats[i] = SparseDelta(tt.indices, tt.delta(base_at), flat.size)
             continue
         ft = tt.finetuned(base_at)  # checks the whole ticket for non-finite results
-        if sh is not None:
-            floats[i] = SparseDelta(tt.indices[sh], to_float32(ft[sh], dtype) - to_float32(base_at[sh], dtype),
-                                    flat.size)
-            alone = ~sh
-            idx, ft, base_at = tt.indices[alone], ft[alone], base_at[alone]
-        else:
-            idx = tt.indices
-        np.put(out, idx, ft)
+        np.put(out, tt.indices, ft)
         fb, bb = ft.view(bits), base_at.view(bits)
         # Changed: bits differ and the float delta is not zero (+0 and -0 do not count).
-        changed += int(np.count_nonzero((fb != bb) & (((fb | bb) & magnitude) != 0)))
+        diff = (fb != bb) & (((fb | bb) & magnitude) != 0)
+        changed += int(np.count_nonzero(diff))
+        if sh is not None:  # shared entries go back to the base; the float route below sets them
+            pos = np.flatnonzero(sh)
+            idx, f_sh, b_sh = np.take(tt.indices, pos), np.take(ft, pos), np.take(base_at, pos)
+            changed -= int(np.count_nonzero(np.take(diff, pos)))
+            np.put(out, idx, b_sh)
+            floats[i] = SparseDelta(idx, to_float32(f_sh, dtype) - to_float32(b_sh, dtype), flat.size)
     if any(f is not None and f.indices.size for f in floats):
         merged = merge_tensor(name, floats, params)
         changed += _put_sum(out, flat, dtype, dtype, merged)
