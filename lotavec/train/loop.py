@@ -338,6 +338,7 @@ def sparse_train(model: nn.Module, masks: Mapping[str, object], batches: Iterabl
     dev = _device(device)
     torch.manual_seed(seed)
     model.to(dev)
+    n_params = sum(p.numel() for p in model.parameters())
     tuner = SparseTuner(model, masks, master_dtype=master_dtype)
     try:
         opt = {"name": optimizer, "weight_decay": weight_decay}
@@ -353,6 +354,7 @@ def sparse_train(model: nn.Module, masks: Mapping[str, object], batches: Iterabl
         tuner.merge_into_model()
     else:
         tuner.restore_base()
+    res.total = n_params  # the model's own parameters, not counting the trainable copies
     out = SparseTrainResult(**vars(res))
     out.entries = entries
     return out

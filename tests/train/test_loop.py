@@ -66,6 +66,7 @@ def test_sparse_train_exact_with_bf16_autocast(optimizer):
     assert [s for s, _ in res.eval_losses] == [2, 4] and len(logs) == 4 and "eval_loss" in logs[1]
     assert ticks[-1][1:] == (4, 4) and ticks[-1][0].startswith("train loss=")
     assert res.trainable == sum(len(m) for m in masks.values())
+    assert res.total == sum(p.numel() for p in make_tiny_model("llama", dtype="float32").parameters())
     assert set(res.entries) == set(masks)
     for name, p in model.named_parameters():  # keep="merged": the model holds the trained values
         on = torch.zeros(p.numel(), dtype=torch.bool)
