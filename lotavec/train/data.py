@@ -157,15 +157,19 @@ def _encode_messages(tokenizer, messages, where: str) -> tuple[list[int], list[i
     full = _render(tokenizer, messages, gen=False)
     spans = []
     for i, m in enumerate(messages):
-        if m["role"] != "assistant":
+        if m["role"] != "assistant" or not m["content"]:
             continue
-        start = _render(tokenizer, messages[:i], gen=True) if i else ""
         end = _render(tokenizer, messages[: i + 1], gen=False)
-        if not (full.startswith(end) and end.startswith(start)):
+        start = _render(tokenizer, messages[:i], gen=True) if i else None
+        if start is not None and end.startswith(start):
+            begin = len(start)
+        else:  # first turn, or a template that adds text (a default system prompt) before it
+            begin = end.rfind(m["content"])
+        if not full.startswith(end) or begin < 0:
             raise DataError(f"{where}: the tokenizer's chat template does not render the conversation "
                             f"incrementally (turn {i} is not a prefix of the whole), so assistant tokens "
                             "cannot be located; use {\"prompt\", \"completion\"} lines")
-        spans.append((len(start), len(end)))
+        spans.append((begin, len(end)))
     if not getattr(tokenizer, "is_fast", False):
         raise DataError(f"{where}: 'messages' needs a fast tokenizer (character offsets)")
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)

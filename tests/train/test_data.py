@@ -56,6 +56,20 @@ def test_messages_count_only_assistant_turns(tok):
     assert labels[n_before - 1] == -100 and labels[n_before] == ids[n_before]
 
 
+def test_messages_with_default_system_prompt_template(tok):
+    smol = tok.__class__(tokenizer_object=tok.backend_tokenizer, eos_token="<|im_end|>")
+    smol.chat_template = (  # SmolLM2-Instruct's: a default system prompt before a non-system first turn
+        "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+        "{{ '<|im_start|>system\\nBe helpful<|im_end|>\\n' }}{% endif %}"
+        "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+    msgs = [{"role": "assistant", "content": "first"}, {"role": "user", "content": "q"},
+            {"role": "assistant", "content": "ans"}]
+    ids, labels = encode_record({"messages": msgs}, smol)
+    assert tok.decode(ids).startswith("<|im_start|>system\nBe helpful")
+    assert _counted(tok, ids, labels) == "first<|im_end|>\nans<|im_end|>\n"
+
+
 def test_load_jsonl_mixed_shapes_truncation_and_stats(tmp_path, tok):
     path = _write(tmp_path, [
         {"prompt": "a" * 10, "completion": "bcd"},
