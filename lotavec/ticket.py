@@ -197,8 +197,11 @@ class TicketTensor:
         if weight == 1.0:
             np.put(flat, self.indices, self.finetuned(b))
         else:
-            x = to_float32(b, self.dtype) + np.float32(weight) * self.delta(b)
-            np.put(flat, self.indices, from_float32(x, self.dtype))
+            x = from_float32(to_float32(b, self.dtype) + np.float32(weight) * self.delta(b), self.dtype)
+            if nonfinite_bits(np.ascontiguousarray(x).view(BITS[self.dtype]), self.dtype).any():
+                raise CorruptTicketError(
+                    f"tensor {self.name!r}: base + {weight:g}·delta overflows {self.dtype} (non-finite result)")
+            np.put(flat, self.indices, x)
 
 
 def _storage_of(dtype: str) -> np.dtype:

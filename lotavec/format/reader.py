@@ -115,9 +115,18 @@ class TicketFile:
             yield c.start, idx, pl
 
     def read_tensor(self, name: str, *, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Decode a whole tensor: ``(global int64 flat indices, payload)``, chunks in parallel."""
+        """Decode a whole tensor: ``(global int64 flat indices, payload)``, chunks in parallel.
+
+        Raises:
+            LimitExceededError: the result plus the per-thread chunk buffers would exceed
+                ``max_tensor_bytes`` (decode chunk by chunk with :meth:`iter_chunks` instead).
+        """
         e = self.entry(name)
-        need = e.nnz * (8 + payload_dtype(e).itemsize)
+        n = len(e.chunks)
+        workers = min(threads or os.cpu_count() or 1, n)
+        # the result, plus each worker's chunk decode buffers (indices, payload, stream bytes)
+        per_chunk = max((c.length for c in e.chunks), default=0) * (8 + 2 * payload_dtype(e).itemsize)
+        need = e.nnz * (8 + payload_dtype(e).itemsize) + max(workers, 1) * per_chunk
         if need > self.max_tensor_bytes:
             raise LimitExceededError(
                 f"{self.path}: tensor {name!r} would decode to {need} bytes, above max_tensor_bytes="
@@ -130,11 +139,9 @@ class TicketFile:
         def one(i: int) -> None:
             c = e.chunks[i]
             idx, pl = self.read_chunk(e, c)
-            indices[starts[i] : starts[i + 1]] = idx + c.start
+            np.add(idx, c.start, out=indices[starts[i] : starts[i + 1]])
             payload[starts[i] : starts[i + 1]] = pl
 
-        n = len(e.chunks)
-        workers = min(threads or os.cpu_count() or 1, n)
         if workers <= 1:
             for i in range(n):
                 one(i)

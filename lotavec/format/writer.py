@@ -171,6 +171,9 @@ class TicketFileWriter:
                 shutil.copyfileobj(self._spool, out, 1 << 22)
                 out.flush()
                 os.fsync(out.fileno())
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a ticket is an ordinary file
             os.replace(tmp, self.path)
         except BaseException:
             if os.path.exists(tmp):

@@ -23,7 +23,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import BaseMismatchError, FingerprintMismatchError, NotFoundError, TensorMismatchError
+from ..errors import (
+    BaseMismatchError,
+    CorruptTicketError,
+    FingerprintMismatchError,
+    NotFoundError,
+    TensorMismatchError,
+)
 from ..format.dtypes import BITS, storage_dtype
 from ..format.fingerprint import base_sample
 from ..models import open_model
@@ -101,9 +107,9 @@ def apply(model: Any, ticket: Ticket | str, weight: float = 1.0, *, check_base: 
                         raise BaseMismatchError(
                             f"tensor {tt.name!r}: ticket {key} shares entries with the applied ticket {other}; "
                             "unapply it first or merge them with `lotavec merge`")
-            if check_base and dtype_name(p.dtype) == tt.dtype:
+            if check_base:
                 if rec is None:
-                    tt.check_base(src.array(tt.name), tt.dtype, where="model")
+                    tt.check_base(_as_ticket_storage(p, tt), tt.dtype, where="model")
                 elif tt.base_sample is not None and rec["sample"] is not None and tt.base_sample != rec["sample"]:
                     raise FingerprintMismatchError(
                         f"tensor {tt.name!r}: the model (before the tickets applied to it) differs from the base "
@@ -111,7 +117,7 @@ def apply(model: Any, ticket: Ticket | str, weight: float = 1.0, *, check_base: 
             parts.append((tt, p))
         for tt, p in parts:
             if tt.name not in touched:
-                sample = base_sample(src.array(tt.name)) if dtype_name(p.dtype) == tt.dtype else None
+                sample = base_sample(_as_ticket_storage(p, tt))
                 touched[tt.name] = {"sample": sample, "tickets": {}}
             touched[tt.name]["tickets"][key] = tt.indices
             undo["saved"][tt.name] = _apply_one(tt, p, weight)
@@ -125,7 +131,9 @@ def _apply_one(tt: TicketTensor, p: torch.Tensor, weight: float) -> torch.Tensor
     if weight == 1.0 and same and tt.values == "ulpdiff":
         d = torch.from_numpy(tt.payload.view(np.dtype(f"<i{tt.payload.dtype.itemsize}"))).to(p.device)
         bits = _bits_view(p)
-        bits.index_put_((idx,), bits.index_select(0, idx) + d)  # wrap-around add: exact, invertible
+        new_bits = bits.index_select(0, idx) + d  # wrap-around add: exact, invertible
+        _refuse_nonfinite(tt, new_bits)
+        bits.index_put_((idx,), new_bits)
         return None
     saved = flat.index_select(0, idx).clone()
     b = saved.to(torch_dtype(tt.dtype)).cpu()  # exact when the model holds the ticket's dtype (or wider)
@@ -134,8 +142,33 @@ def _apply_one(tt: TicketTensor, p: torch.Tensor, weight: float) -> torch.Tensor
         new = torch.from_numpy(np.ascontiguousarray(tt.finetuned(b_np)).view(_np_int(tt))).view(torch_dtype(tt.dtype))
     else:
         new = (b.float() + float(weight) * torch.from_numpy(np.ascontiguousarray(tt.delta(b_np)))).to(torch_dtype(tt.dtype))
-    flat.index_put_((idx,), new.to(device=p.device, dtype=p.dtype))
+    new = new.to(device=p.device, dtype=p.dtype)
+    if not torch.isfinite(new).all():
+        raise CorruptTicketError(f"tensor {tt.name!r}: applying the ticket (weight {weight:g}) gives non-finite values")
+    flat.index_put_((idx,), new)
     return saved
+
+
+_EXP = {"BF16": 0x7F80, "F16": 0x7C00, "F32": 0x7F800000}
+
+
+def _refuse_nonfinite(tt: TicketTensor, new_bits: torch.Tensor) -> None:
+    """Raise before writing if a bit-pattern result encodes Inf or NaN."""
+    m = _EXP[tt.dtype]
+    if ((new_bits & m) == m).any():
+        raise CorruptTicketError(
+            f"tensor {tt.name!r}: applying the ticket gives non-finite values; the model is not the "
+            "ticket's base, or the ticket is corrupt")
+
+
+def _as_ticket_storage(p: torch.Tensor, tt: TicketTensor) -> np.ndarray:
+    """The model tensor as a storage array of the ticket's dtype (a model upcast from the ticket's
+    dtype converts back exactly, so its fingerprint matches; other weights do not)."""
+    t = p.detach()
+    if dtype_name(t.dtype) != tt.dtype:
+        t = t.to(torch_dtype(tt.dtype))
+    t = t.cpu().contiguous()
+    return t.view(_INT[t.element_size()]).numpy().view(storage_dtype(tt.dtype)).reshape(tuple(t.shape))
 
 
 def _np_int(tt: TicketTensor) -> np.dtype:

@@ -29,6 +29,7 @@ from ..errors import (
 )
 from ..format.dtypes import BITS, TICKET_DTYPES, from_float32, to_float32
 from ..format.fingerprint import base_digest, base_sample
+from ..format.reader import nonfinite_bits
 from ..hfwriter import ShardedWriter, atomic_output_dir, copy_model_files
 from ..mask import Candidate, select_topk
 from ..models import TensorSource, open_model
@@ -155,15 +156,18 @@ def merge_tensor_values(name: str, base_arr: np.ndarray, dtype: str, out_dtype: 
         out = flat.copy()
     else:
         out = from_float32(to_float32(flat, dtype), out_dtype)
-    changed = _put_sum(out, flat, dtype, out_dtype, merged)
+    changed = _put_sum(out, flat, dtype, out_dtype, merged, name)
     return out.reshape(base_arr.shape), changed
 
 
-def _put_sum(out: np.ndarray, flat: np.ndarray, dtype: str, out_dtype: str, merged: SparseDelta) -> int:
+def _put_sum(out: np.ndarray, flat: np.ndarray, dtype: str, out_dtype: str, merged: SparseDelta, name: str = "") -> int:
     """``out[i] = base[i] + merged[i]`` on the merged support; changed entries (storage differs)."""
     idx = merged.indices
     base_at = np.take(flat, idx)
     new = from_float32(to_float32(base_at, dtype) + merged.values, out_dtype)
+    if out_dtype in BITS and nonfinite_bits(np.ascontiguousarray(new).view(BITS[out_dtype]), out_dtype).any():
+        raise MergeConfigError(
+            f"tensor {name!r}: the merged values overflow {out_dtype} (Inf/NaN); lower the weights or --lambda")
     np.put(out, idx, new)
     return int(np.count_nonzero(new != base_at)) if out_dtype == dtype else int(idx.size)
 
@@ -202,7 +206,7 @@ def _exact_sum_values(name: str, flat: np.ndarray, dtype: str, parts: list[Ticke
             floats[i] = SparseDelta(idx, to_float32(f_sh, dtype) - to_float32(b_sh, dtype), flat.size)
     if any(f is not None and f.indices.size for f in floats):
         merged = merge_tensor(name, floats, params)
-        changed += _put_sum(out, flat, dtype, dtype, merged)
+        changed += _put_sum(out, flat, dtype, dtype, merged, name)
     return out, changed
 
 

@@ -293,7 +293,7 @@ def train(base: Any, data: str | os.PathLike | TokenizedData, out: str | os.Path
         tensors.append(TicketTensor.from_finetuned(to_ckpt.get(mname, mname), base_np, vals, idx, dtype))
     tensors.sort(key=lambda t: t.name)
     summary = _summary(cfg, ds, calib, res, masks, earlier, mask_from)
-    ticket = _write(tensors, out, base_ref or {}, summary)
+    ticket = _write(tensors, out, base_ref or {}, _deterministic(summary))
     for t in earlier:
         for n in ticket.names:
             if n in t and np.intersect1d(ticket.indices(n), t.indices(n)).size:
@@ -320,6 +320,20 @@ def _summary(cfg: TrainConfig, ds: TokenizedData, calib: TrainResult | None, res
             "losses": [round(x, 5) for x in res.losses],
         },
     }
+
+
+_RUN_DEPENDENT = ("median_step_s", "total_s", "peak_memory_bytes", "memory_kind")
+
+
+def _deterministic(summary: dict[str, Any]) -> dict[str, Any]:
+    """The summary without timings and memory readings, so the same run gives the same ticket bytes."""
+    out = dict(summary)
+    tr = dict(out["training"])
+    for key in ("calibration", "sparse"):
+        if tr.get(key) is not None:
+            tr[key] = {k: v for k, v in tr[key].items() if k not in _RUN_DEPENDENT}
+    out["training"] = tr
+    return out
 
 
 def _write(tensors: list[TicketTensor], out, base_ref: dict[str, Any], summary: dict[str, Any]) -> Ticket:

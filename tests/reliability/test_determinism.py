@@ -65,7 +65,5 @@ def test_train_content_is_identical_across_thread_counts(trained):
     assert ticket_content(trained[0]) == ticket_content(trained[1])
 
 
-@pytest.mark.xfail(strict=True, reason="B6: train provenance records median_step_s, total_s and peak_memory_bytes "
-                   "(pipeline._summary: res.stats() / calib.stats()), so tickets differ run to run")
 def test_train_tickets_are_byte_identical(trained):
     assert file_sha(trained[0]) == file_sha(trained[1])

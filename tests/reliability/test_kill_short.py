@@ -37,8 +37,6 @@ def test_fake_hub_saw_only_known_routes(kill_rows):
     assert "kill -9: pull (fake Hub strictness)" not in kill_rows
 
 
-@pytest.mark.xfail(strict=True, reason="B7: TicketFileWriter.close renames a tempfile.mkstemp file (mode 0600) into "
-                   "place, so tickets ignore the umask (hfwriter already fixed this for folders)")
 def test_ticket_files_honour_the_umask(tmp_path):
     import numpy as np
 

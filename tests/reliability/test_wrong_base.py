@@ -27,8 +27,6 @@ def test_mismatch_is_refused_before_any_output(matrix_rows, base):
     assert row.ok, row.result
 
 
-@pytest.mark.xfail(strict=True, reason="B5: lotavec.apply skips the fingerprint check when the model's dtype differs "
-                   "from the ticket's (merge/apply.py: `if check_base and dtype_name(p.dtype) == tt.dtype`)")
 def test_apply_refuses_other_weights_in_another_dtype(matrix_rows):
     row = matrix_rows["B upcast to F32"]
     assert row.details["apply"].startswith("refused"), row.result
