@@ -243,8 +243,9 @@ def iter_topk(
     """The selection of :func:`select_topk`, yielded one tensor at a time, in candidate order.
 
     For writers that consume a tensor's indices and drop them: memory no longer includes the
-    whole result (8 bytes per selected entry), so peak memory beyond the inputs stays within
-    ``3 x largest candidate in float32 + 64 MiB`` for any k. The price under global scope is
+    whole result (8 bytes per selected entry), so peak memory beyond the inputs and the tensor
+    being yielded stays within ``3 x largest candidate in float32 + 64 MiB`` for any k (plus
+    whatever the score callables allocate internally). The price under global scope is
     two or three score passes instead of (usually) one; the first tensor arrives after the
     passes that fix the threshold. Tensor scope computes each tensor's scores once.
 
