@@ -70,10 +70,6 @@ def test_peak_within_bound_at_lota_density(big_pairs, tmp_path, label):
         assert 4 * total > bound
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "extraction keeps the whole selection (8 bytes per selected entry, int64 indices) in memory "
-    "before writing the ticket; at density 0.5 on 25.2 M candidates that is 101 MB on top of the "
-    "streaming selection, beyond the issue's bound of 3 x largest fp32 + 64 MB"))
 def test_peak_within_bound_at_high_density(big_pairs, tmp_path):
     base, ft, largest, total = big_pairs["many"]
     peak = traced_peak(lambda: lotavec.extract(base, ft, tmp_path / "t.lota", density=0.5))
