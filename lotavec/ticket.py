@@ -402,9 +402,9 @@ class TicketWriter:
         """Provenance dict; may be updated until :meth:`close`."""
         return self._w.provenance
 
-    def add(self, t: TicketTensor) -> TensorEntry:
-        """Encode and append one tensor."""
-        return self._w.add(t.name, t.shape, t.dtype, t.indices, t.values, t.payload,
+    def add(self, t: TicketTensor) -> None:
+        """Queue one tensor: it is encoded on the writer's threads and written in order."""
+        self._w.add(t.name, t.shape, t.dtype, t.indices, t.values, t.payload,
                            base_sample=t.base_sample, base_digest=t.base_digest)
 
     def close(self) -> str:

@@ -7,6 +7,7 @@ import os
 import shutil
 import tempfile
 import zlib
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -46,6 +47,19 @@ def check_indices(name: str, indices: np.ndarray, numel: int) -> np.ndarray:
     return idx
 
 
+class _Done:
+    """An already computed result with the ``Future.result`` interface."""
+
+    def __init__(self, value):
+        self._value = value
+
+    def result(self):
+        return self._value
+
+    def cancel(self) -> bool:
+        return False
+
+
 def _encode_chunk(local: np.ndarray, length: int, payload: np.ndarray) -> tuple[str, bytes, bytes]:
     codec, mask = encode_mask(local, length)
     return codec, mask, encode_values(payload)
@@ -82,11 +96,13 @@ class TicketFileWriter:
         self._spool = tempfile.NamedTemporaryFile(dir=d, prefix=".lotavec-spool-", delete=False)
         self._entries: list[TensorEntry] = []
         self._names: set[str] = set()
+        self._pending: deque = deque()
+        self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
         self._closed = False
 
     def add(self, name: str, shape: tuple[int, ...], dtype: str, indices: np.ndarray, values: str,
-            payload: np.ndarray, *, base_sample: str | None = None, base_digest: str | None = None) -> TensorEntry:
-        """Encode and append one tensor.
+            payload: np.ndarray, *, base_sample: str | None = None, base_digest: str | None = None) -> None:
+        """Validate one tensor and queue it for encoding (on the writer's threads; written in order).
 
         Args:
             name: tensor name in the model.
@@ -128,29 +144,42 @@ class TicketFileWriter:
             (idx[bounds[i] : bounds[i + 1]] - i * ce, min(ce, numel - i * ce), pl[bounds[i] : bounds[i + 1]])
             for i in range(n_chunks)
         ]
-        if self.threads > 1 and n_chunks > 1:
-            with ThreadPoolExecutor(min(self.threads, n_chunks)) as ex:
-                encoded = list(ex.map(lambda j: _encode_chunk(*j), jobs))
+        if self._pool is not None:  # encode in the background; write in order, a few tensors behind
+            futs = [self._pool.submit(_encode_chunk, *j) for j in jobs]
         else:
-            encoded = [_encode_chunk(*j) for j in jobs]
-        chunks = []
-        offset = 0
-        for i, (codec, mb, vb) in enumerate(encoded):
-            crc = zlib.crc32(vb, zlib.crc32(mb))
-            self._spool.write(mb)
-            self._spool.write(vb)
-            chunks.append(Chunk(i * ce, jobs[i][1], int(bounds[i + 1] - bounds[i]), codec, len(mb), len(vb), crc, offset))
-            offset += len(mb) + len(vb)
-        entry = TensorEntry(name, shape, dtype, int(idx.size), values, name + DATA_SUFFIX, tuple(chunks), base_sample, base_digest)
-        self._entries.append(entry)
+            futs = [_Done(_encode_chunk(*j)) for j in jobs]
+        meta = (name, shape, dtype, int(idx.size), values, base_sample, base_digest, [(j[1], j[0].size) for j in jobs])
+        self._pending.append((meta, futs))
         self._names.add(name)
-        return entry
+        self._drain(2 * self.threads)
+
+    def _drain(self, keep: int) -> None:
+        """Write encoded tensors, oldest first, until at most ``keep`` are pending."""
+        while len(self._pending) > keep:
+            (name, shape, dtype, nnz, values, bs, bd, sizes), futs = self._pending.popleft()
+            chunks = []
+            offset = 0
+            ce = self.chunk_elements
+            for i, f in enumerate(futs):
+                codec, mb, vb = f.result()
+                crc = zlib.crc32(vb, zlib.crc32(mb))
+                self._spool.write(mb)
+                self._spool.write(vb)
+                chunks.append(Chunk(i * ce, sizes[i][0], sizes[i][1], codec, len(mb), len(vb), crc, offset))
+                offset += len(mb) + len(vb)
+            self._entries.append(TensorEntry(name, shape, dtype, nnz, values, name + DATA_SUFFIX, tuple(chunks), bs, bd))
 
     def close(self) -> str:
         """Write the header and data, fsync, and rename into place. Returns the path."""
         if self._closed:
             return self.path
+        try:
+            self._drain(0)
+        except BaseException:
+            self.abort()
+            raise
         self._closed = True
+        self._shutdown()
         manifest = Manifest((FORMAT_MAJOR, FORMAT_MINOR), self.chunk_elements, tuple(self._entries), self.base, self.provenance)
         try:
             text = manifest.to_json()
@@ -186,7 +215,17 @@ class TicketFileWriter:
     def abort(self) -> None:
         """Discard everything written so far."""
         self._closed = True
+        for _, futs in self._pending:
+            for f in futs:
+                f.cancel()
+        self._pending.clear()
+        self._shutdown()
         self._cleanup()
+
+    def _shutdown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     def _cleanup(self) -> None:
         name = self._spool.name
