@@ -169,6 +169,9 @@ class SparseTuner:
                     raise TrainingError(f"masks for {other!r} and {name!r} name the same (tied) tensor with "
                                         "different indices; give the tied tensor one mask")
                 continue
+            if any(isinstance(m, parametrize.ParametrizationList) or parametrize.is_parametrized(m, a)
+                   for m, a in sites_by_id[key]):
+                raise TrainingError(f"{first_name[key]!r} is already parametrized; unwrap it first")
             if index.numel():
                 chosen[key] = (name, index)
         if not chosen:
@@ -177,16 +180,18 @@ class SparseTuner:
             p.requires_grad_(False)
             p.grad = None
         self._groups: list[_Group] = []
-        for key, (name, index) in chosen.items():
-            base = params_by_id[key]
-            for module, attr in sites_by_id[key]:
-                if parametrize.is_parametrized(module, attr):
-                    raise TrainingError(f"{first_name[key]!r} is already parametrized; unwrap it first")
-            values = base.detach().reshape(-1)[index.to(base.device)].to(master_dtype or base.dtype).clone()
-            scatter = _ScatterValues(index.to(base.device), values)
-            for module, attr in sites_by_id[key]:
-                parametrize.register_parametrization(module, attr, scatter)
-            self._groups.append(_Group(name, sites_by_id[key], base, scatter))
+        try:
+            for key, (name, index) in chosen.items():
+                base = params_by_id[key]
+                values = base.detach().reshape(-1)[index.to(base.device)].to(master_dtype or base.dtype).clone()
+                group = _Group(name, [], base, _ScatterValues(index.to(base.device), values))
+                self._groups.append(group)
+                for module, attr in sites_by_id[key]:
+                    parametrize.register_parametrization(module, attr, group.scatter)
+                    group.sites.append((module, attr))
+        except BaseException:
+            self._unwrap()  # leave the model as it was
+            raise
 
     # --- construction helpers ------------------------------------------------------------------
 

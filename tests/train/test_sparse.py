@@ -172,6 +172,22 @@ def test_bad_masks(tiny_llama, masks, error, pattern):
     assert all(p.requires_grad for p in tiny_llama.parameters())
 
 
+def test_already_parametrized_tensor_rejected_and_model_left_intact(tiny_llama):
+    from torch.nn.utils import parametrize
+
+    class Double(torch.nn.Module):
+        def forward(self, x):
+            return 2 * x
+
+    parametrize.register_parametrization(tiny_llama.lm_head, "weight", Double())  # tied to embed_tokens
+    masks = random_masks(tiny_llama, 0.1, names={"model.layers.0.mlp.up_proj.weight"})
+    masks["model.embed_tokens.weight"] = torch.arange(5)
+    with pytest.raises(TrainingError, match="already parametrized"):
+        SparseTuner(tiny_llama, masks)
+    assert all(p.requires_grad for p in tiny_llama.parameters())
+    assert not parametrize.is_parametrized(tiny_llama.get_submodule("model.layers.0.mlp.up_proj"))
+
+
 def test_other_architectures_untied_and_biases():
     model = make_tiny_model("gpt_neox", dtype="float32", seed=0)
     base = {n: p.detach().clone() for n, p in model.named_parameters()}
