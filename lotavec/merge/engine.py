@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -168,8 +168,13 @@ def _put_sum(out: np.ndarray, flat: np.ndarray, dtype: str, out_dtype: str, merg
     if out_dtype in BITS and nonfinite_bits(np.ascontiguousarray(new).view(BITS[out_dtype]), out_dtype).any():
         raise MergeConfigError(
             f"tensor {name!r}: the merged values overflow {out_dtype} (Inf/NaN); lower the weights or --lambda")
-    np.put(out, idx, new)
+    out[idx] = new  # item assignment: ~3x faster than np.put
     return int(np.count_nonzero(new != base_at)) if out_dtype == dtype else int(idx.size)
+
+
+#: Entries per step of the exact sum: the base and output slices and the coverage counts of a
+#: step stay in the CPU cache while the tickets' entries are gathered and scattered.
+_SUM_CHUNK = 1 << 17
 
 
 def _exact_sum_values(name: str, flat: np.ndarray, dtype: str, parts: list[TicketTensor | None],
@@ -178,53 +183,57 @@ def _exact_sum_values(name: str, flat: np.ndarray, dtype: str, parts: list[Ticke
     fine-tuned bits exactly where they alone touch the tensor (an integer add on the bit
     patterns); entries several tickets share, and ``f32delta`` entries, take the float route of
     :func:`merge_tensor` restricted to them (entries are merged independently, so the values
-    are those of the merge over the whole union).
+    are those of the merge over the whole union). Works in cache-sized steps of the tensor.
     """
-    out = flat.copy()
+    out = np.empty_like(flat)
     live = [(i, tt) for i, tt in enumerate(parts) if tt is not None]
-    shared = _shared_masks(flat.size, [tt.indices for _, tt in live])
+    bounds = np.minimum(np.arange(0, flat.size + _SUM_CHUNK, _SUM_CHUNK, dtype=np.int64), flat.size)
+    cuts = [np.searchsorted(tt.indices, bounds) for _, tt in live]
+    count = np.zeros(_SUM_CHUNK, np.uint8 if len(live) < 256 else np.uint32) if len(live) > 1 else None
     bits = BITS[dtype]
     magnitude = np.array(np.iinfo(bits).max >> 1, dtype=bits)  # every bit but the sign
     changed = 0
+    shared_parts: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in live]
+    for k in range(bounds.size - 1):
+        c0, c1 = int(bounds[k]), int(bounds[k + 1])
+        bc, oc = flat[c0:c1], out[c0:c1]
+        np.copyto(oc, bc)
+        locs = [tt.indices[cut[k]:cut[k + 1]] - c0 for (_, tt), cut in zip(live, cuts)]
+        if count is not None:
+            for loc in locs:
+                count[loc] += 1  # indices are unique within one ticket
+        for j, ((_, tt), cut, loc) in enumerate(zip(live, cuts, locs)):
+            if tt.values == "f32delta" or not loc.size:
+                continue
+            a, b = int(cut[k]), int(cut[k + 1])
+            base_at = np.take(bc, loc)
+            # Checks the entries for non-finite results.
+            ft = replace(tt, indices=tt.indices[a:b], payload=tt.payload[a:b]).finetuned(base_at)
+            oc[loc] = ft
+            fb, bb = ft.view(bits), base_at.view(bits)
+            # Changed: bits differ and the float delta is not zero (+0 and -0 do not count).
+            diff = (fb != bb) & (((fb | bb) & magnitude) != 0)
+            changed += int(np.count_nonzero(diff))
+            pos = np.flatnonzero(np.take(count, loc) > 1) if count is not None else None
+            if pos is not None and pos.size:  # back to the base; the float route below sets them
+                f_sh, b_sh = np.take(ft, pos), np.take(base_at, pos)
+                changed -= int(np.count_nonzero(np.take(diff, pos)))
+                loc_sh = np.take(loc, pos)
+                oc[loc_sh] = b_sh
+                shared_parts[j].append((loc_sh + c0, to_float32(f_sh, dtype) - to_float32(b_sh, dtype)))
+        if count is not None:
+            count[: c1 - c0] = 0
     floats: list[SparseDelta | None] = [None] * len(parts)
-    for (i, tt), sh in zip(live, shared):
-        base_at = np.take(flat, tt.indices)
+    for (i, tt), pieces in zip(live, shared_parts):
         if tt.values == "f32delta":
-            floats[i] = SparseDelta(tt.indices, tt.delta(base_at), flat.size)
-            continue
-        ft = tt.finetuned(base_at)  # checks the whole ticket for non-finite results
-        np.put(out, tt.indices, ft)
-        fb, bb = ft.view(bits), base_at.view(bits)
-        # Changed: bits differ and the float delta is not zero (+0 and -0 do not count).
-        diff = (fb != bb) & (((fb | bb) & magnitude) != 0)
-        changed += int(np.count_nonzero(diff))
-        if sh is not None:  # shared entries go back to the base; the float route below sets them
-            pos = np.flatnonzero(sh)
-            idx, f_sh, b_sh = np.take(tt.indices, pos), np.take(ft, pos), np.take(base_at, pos)
-            changed -= int(np.count_nonzero(np.take(diff, pos)))
-            np.put(out, idx, b_sh)
-            floats[i] = SparseDelta(idx, to_float32(f_sh, dtype) - to_float32(b_sh, dtype), flat.size)
+            floats[i] = SparseDelta(tt.indices, tt.delta(np.take(flat, tt.indices)), flat.size)
+        elif pieces:
+            floats[i] = SparseDelta(np.concatenate([p[0] for p in pieces]),
+                                    np.concatenate([p[1] for p in pieces]), flat.size)
     if any(f is not None and f.indices.size for f in floats):
         merged = merge_tensor(name, floats, params)
         changed += _put_sum(out, flat, dtype, dtype, merged, name)
     return out, changed
-
-
-def _shared_masks(numel: int, index_arrays: list[np.ndarray]) -> list[np.ndarray | None]:
-    """Per index array, a mask of its entries another array also holds (``None``: none shared).
-
-    A per-entry coverage count over the tensor: O(numel + entries), no sorting.
-    """
-    if len(index_arrays) < 2:
-        return [None] * len(index_arrays)
-    count = np.zeros(numel, np.uint8 if len(index_arrays) < 256 else np.uint32)
-    for a in index_arrays:
-        count[a] += 1  # indices are unique within one array
-    out: list[np.ndarray | None] = []
-    for a in index_arrays:
-        sh = np.take(count, a) > 1
-        out.append(sh if sh.any() else None)
-    return out
 
 
 def merge(base: Any, tickets: Sequence[Any], out_dir: str | os.PathLike, *, params: MergeParams | None = None,
