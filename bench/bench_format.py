@@ -25,7 +25,7 @@ from _util import SMOLLM2_BLOCK_SHAPES, best_of, memcpy_gbps  # noqa: E402
 from lotavec.format.dtypes import from_float32, to_float32  # noqa: E402
 from lotavec.format.fingerprint import base_sample  # noqa: E402
 from lotavec.report import entropy_bits, ticket_report  # noqa: E402
-from lotavec.ticket import TicketTensor, TicketWriter, load_ticket  # noqa: E402
+from lotavec.ticket import TicketTensor, TicketWriter, apply_to_arrays, load_ticket  # noqa: E402
 
 
 def load_tensors(model: str | None, synthetic: bool) -> tuple[str, dict[str, np.ndarray]]:
@@ -97,8 +97,7 @@ def run(density: float, base, ft, tmp: str) -> dict:
         flat = {n: b.reshape(-1).copy() for n, b in base.items()}
         t0 = time.perf_counter()
         with load_ticket(path) as t:
-            for tt in t:
-                tt.apply_to(flat[tt.name])
+            apply_to_arrays(t, flat)
         t_dec = min(t_dec, time.perf_counter() - t0)
     ok = all((flat[n][sel[n]] == ft[n].reshape(-1)[sel[n]]).all() for n in base)
     with load_ticket(path) as t:

@@ -382,6 +382,38 @@ def load_ticket(source: str | os.PathLike, *, max_tensor_bytes: int | None = Non
     return Ticket(_file=TicketFile(path, **kw))
 
 
+def apply_to_arrays(ticket: Ticket, arrays: Mapping[str, np.ndarray], *, weight: float = 1.0,
+                    threads: int | None = None) -> None:
+    """Apply every tensor of ``ticket`` in place to writable storage arrays, several at a time.
+
+    Args:
+        ticket: the ticket.
+        arrays: ``{tensor name: writable storage array of the base tensor}`` (any shape, C order).
+        weight: as in :meth:`TicketTensor.apply_to`.
+        threads: decode/apply threads (default: all cores); each tensor is decoded and applied by one.
+
+    Raises:
+        NotFoundError: an array is missing for a ticket tensor; FormatError subclasses.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    missing = [n for n in ticket.names if n not in arrays]
+    if missing:
+        raise NotFoundError(f"no array for ticket tensor {missing[0]!r} ({len(missing)} missing)")
+
+    def one(name: str) -> None:
+        ticket[name].apply_to(arrays[name].reshape(-1), weight)
+
+    workers = max(1, threads or os.cpu_count() or 1)
+    if workers == 1:
+        for n in ticket.names:
+            one(n)
+        return
+    with ThreadPoolExecutor(workers) as ex:
+        for f in [ex.submit(one, n) for n in ticket.names]:
+            f.result()
+
+
 class TicketWriter:
     """Write a ticket tensor by tensor without holding it in memory (atomic on close).
 
