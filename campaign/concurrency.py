@@ -128,29 +128,40 @@ def _merge_cli(base: Path, tickets: list[Path], out: Path, *extra: str) -> subpr
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
 
 
-def shared_inputs_row(work: Path, base: Path, tickets: list[Path], readers: int, seconds: float) -> Row:
+def shared_inputs_row(work: Path, base: Path, tickets: list[Path], readers: int, seconds: float,
+                      cli: bool = True) -> Row:
+    """Readers of one ticket and base while merges write elsewhere (``lotavec merge`` processes, or
+    with ``cli=False`` the library's ``merge`` in this process)."""
+    import shutil
+
+    from lotavec.merge import merge
+
+    def merge_round(outs: list[Path]) -> list[int]:
+        if cli:
+            ms = [_merge_cli(base, tickets, out, "--force") for out in outs]
+            for m in ms:
+                m.communicate(timeout=1800)
+            return [m.returncode for m in ms]
+        for out in outs:
+            merge(base, tickets, out, overwrite=True)
+        return [0] * len(outs)
+
     quiet_out = work / "conc_quiet"
-    q = _merge_cli(base, tickets, quiet_out, "--force")
-    q.communicate(timeout=1800)
+    merge_round([quiet_out])
     quiet_tree = tree_hash(quiet_out)
     quiet_read = read_once(str(tickets[0]), str(base))
-    for i in (1, 2):
-        out = work / f"conc_noisy{i}"
+    noisy = [work / f"conc_noisy{i}" for i in (1, 2)]
+    for out in noisy:
         if out.exists():
-            import shutil
-
             shutil.rmtree(out)
     procs = [_spawn("reader", str(tickets[0]), str(base), str(seconds)) for _ in range(readers)]
     merges, rounds = [], 0
     end = time.time() + seconds
     trees: Counter = Counter()
     while time.time() < end or rounds == 0:  # keep merging for as long as the readers read
-        ms = [_merge_cli(base, tickets, work / f"conc_noisy{i}", "--force") for i in (1, 2)]
-        for m in ms:
-            m.communicate(timeout=1800)
-            merges.append(m.returncode)
-        for i in (1, 2):
-            trees[tree_hash(work / f"conc_noisy{i}")] += 1
+        merges += merge_round(noisy)
+        for out in noisy:
+            trees[tree_hash(out)] += 1
         rounds += 1
     results: Counter = Counter()
     for p in procs:
@@ -159,8 +170,9 @@ def shared_inputs_row(work: Path, base: Path, tickets: list[Path], readers: int,
     ok = not bad_reads and all(rc == 0 for rc in merges) and set(trees) == {quiet_tree}
     text = (f"{readers} reader processes × {seconds:.0f} s: {sum(results.values())} passes (verify --base full, "
             f"report, decode, read base), {results.get(quiet_read, 0)} equal to the quiet run; meanwhile "
-            f"{len(merges)} lotavec merge runs into 2 other folders: exit {sorted(set(merges))}, "
-            f"{sum(trees.values())} outputs, {'all identical to the quiet merge' if set(trees) == {quiet_tree} else 'DIFFERENT'}")
+            f"{len(merges)} {'lotavec merge runs' if cli else 'merge calls'} into 2 other folders: exit "
+            f"{sorted(set(merges))}, {sum(trees.values())} outputs, "
+            f"{'all identical to the quiet merge' if set(trees) == {quiet_tree} else 'DIFFERENT'}")
     if bad_reads:
         text += f"; differing reads: {list(bad_reads)[:3]}"
     return Row("concurrency: readers of one ticket and base while merges write", text, ok)

@@ -368,7 +368,7 @@ def campaign(spec: Spec, zygote: Zygote, kills: int, seed: int, logdir: Path, ex
         if spec.reset:
             spec.reset()
         before = state_of(spec.dest)
-        mode = "uniform" if it % 2 == 0 else "trigger"
+        mode = "uniform" if (it // 2) % 2 == 0 else "trigger"  # every (old present?, mode) pairing in turn
         if exec_mode:
             mode = "trigger"
         st, mode, at = runner.killed(exists, mode, total, window, rng, exec_mode=exec_mode)

@@ -20,7 +20,7 @@ HERE = Path(__file__).resolve().parent
 
 #: (name, arguments) of each campaign script, in running order.
 STEPS = [
-    ("fuzz", ["fuzz.py", "--cases", "100000", "--workers", "2", "--coverage"]),
+    ("fuzz", ["fuzz.py", "--cases", "100100", "--workers", "2", "--coverage"]),
     ("atheris", ["fuzz_atheris.py", "--seconds", "600"]),
     ("hostile", ["hostile.py", "--max-header"]),
     ("kill", ["kill.py", "--kills", "50", "--exec-kills", "5"]),

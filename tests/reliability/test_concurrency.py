@@ -17,7 +17,7 @@ def test_readers_unaffected_by_concurrent_merges(tmp_path, campaign_pair):
     tickets = [tmp_path / "t1.safetensors", tmp_path / "t2.safetensors"]
     extract(base, ft, tickets[0], density=0.2)
     extract(base, ft2, tickets[1], density=0.2)
-    row = concurrency.shared_inputs_row(tmp_path, base, tickets, readers=2, seconds=4)
+    row = concurrency.shared_inputs_row(tmp_path, base, tickets, readers=2, seconds=4, cli=False)
     assert row.ok, row.result
     row = concurrency.replace_ticket_row(tmp_path, tickets, readers=2, seconds=3)
     assert row.ok, row.result
