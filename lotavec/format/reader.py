@@ -148,6 +148,7 @@ class TicketFile:
         else:
             with ThreadPoolExecutor(workers) as ex:
                 list(ex.map(one, range(n)))
+        self._st.advise_done(e.data)  # the compressed pages are no longer needed: keep RSS flat
         return indices, payload
 
     def verify(self) -> None:
