@@ -31,10 +31,20 @@ def _dctx() -> zstandard.ZstdDecompressor:
     return d
 
 
+def _cctx(level: int) -> zstandard.ZstdCompressor:
+    cache = getattr(_local, "cctx", None)
+    if cache is None:
+        cache = _local.cctx = {}
+    c = cache.get(level)
+    if c is None:
+        c = cache[level] = zstandard.ZstdCompressor(level=level, write_content_size=True)
+    return c
+
+
 def zstd_compress(data: bytes | memoryview | np.ndarray, level: int = _ZSTD_LEVEL) -> bytes:
-    """One zstd frame with the content size written in its header."""
+    """One zstd frame with the content size written in its header (one context per thread)."""
     buf = memoryview(np.ascontiguousarray(data)).cast("B") if isinstance(data, np.ndarray) else data
-    return zstandard.ZstdCompressor(level=level, write_content_size=True).compress(buf)
+    return _cctx(level).compress(buf)
 
 
 def zstd_decompress(data: bytes | memoryview, expected: int, what: str) -> bytes:
