@@ -62,8 +62,7 @@ def target_main(argv: list[str]) -> None:
     corpus, _ = fw.load_corpus()
     blobs = [d for _, d in corpus]
     known = _known_all()
-    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
-    path = os.path.join(tempfile.mkdtemp(prefix="lotavec-atheris-", dir=shm), "input.safetensors")
+    path = os.environ.get("LOTAVEC_ATHERIS_INPUT") or os.path.join(tempfile.gettempdir(), f"lotavec-atheris-{os.getpid()}.st")
     tracemalloc.start(1)
 
     def test_one(data: bytes) -> None:
@@ -126,7 +125,8 @@ def run(seconds: int, workdir: Path, *, timeout_s: int = 10, rss_mb: int = 2048)
     artifacts.mkdir(exist_ok=True)
     cmd = [PYTHON, __file__, "--target", str(corpus), f"-max_total_time={seconds}", f"-timeout={timeout_s}",
            f"-rss_limit_mb={rss_mb}", "-max_len=65536", f"-artifact_prefix={artifacts}/", "-print_final_stats=1"]
-    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=seconds + 600)
+    env = dict(os.environ, LOTAVEC_ATHERIS_INPUT=str(workdir / "input.safetensors"))  # removed with the workdir
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=seconds + 600, env=env)
     log = p.stdout + p.stderr
     (workdir / "atheris.log").write_text(log)
     runs = re.findall(r"stat::number_of_executed_units:\s*(\d+)", log)
