@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._tmp import reap_and_tag, reap_stale, tagged
 from .errors import ModelError, OutputExistsError
 from .format.dtypes import storage_dtype
 from .format.safetensors_io import build_header
@@ -294,8 +295,8 @@ def atomic_output_dir(out_dir: str | os.PathLike, *, overwrite: bool = False, fs
     On success the temporary folder is fsynced and renamed to ``out_dir``; an existing
     ``out_dir`` (with ``overwrite``) is swapped out atomically where the OS allows (Linux), else
     moved aside first, and then deleted. On any exception the temporary folder is removed and
-    ``out_dir`` is untouched. A killed process may leave a ``.NAME.tmp-*`` folder beside it, never
-    a partial ``out_dir``.
+    ``out_dir`` is untouched. A killed process may leave a ``.NAME.tmp-<pid>-*`` folder beside it,
+    never a partial ``out_dir``; the next run removes such folders once their process is gone.
 
     Args:
         out_dir: the folder to create.
@@ -313,7 +314,8 @@ def atomic_output_dir(out_dir: str | os.PathLike, *, overwrite: bool = False, fs
     if (out.exists() or out.is_symlink()) and not overwrite:
         raise OutputExistsError(f"{out} already exists; choose another output or allow overwriting (--force)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _fresh_dir(out.parent, f".{out.name}.tmp-")
+    reap_stale(out.parent, f".{out.name}.old-")
+    tmp = _fresh_dir(out.parent, reap_and_tag(out.parent, f".{out.name}.tmp-"))
     try:
         yield tmp
         if fsync:
@@ -324,7 +326,7 @@ def atomic_output_dir(out_dir: str | os.PathLike, *, overwrite: bool = False, fs
             if _exchange(tmp, out):
                 shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old folder
             else:
-                old = _fresh_dir(out.parent, f".{out.name}.old-")
+                old = _fresh_dir(out.parent, tagged(f".{out.name}.old-"))
                 os.rmdir(old)
                 os.rename(out, old)
                 os.rename(tmp, out)

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from .._tmp import reap_and_tag
 from ..errors import FormatError, InvalidHeaderError
 from .codecs import encode_mask, encode_values, zigzag
 from .dtypes import BITS, TICKET_DTYPES
@@ -93,7 +94,7 @@ class TicketFileWriter:
         self.threads = threads or os.cpu_count() or 1
         d = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(d, exist_ok=True)
-        self._spool = tempfile.NamedTemporaryFile(dir=d, prefix=".lotavec-spool-", delete=False)
+        self._spool = tempfile.NamedTemporaryFile(dir=d, prefix=reap_and_tag(d, ".lotavec-spool-"), delete=False)
         self._entries: list[TensorEntry] = []
         self._names: set[str] = set()
         self._pending: deque = deque()
@@ -192,7 +193,7 @@ class TicketFileWriter:
         )
         self._spool.flush()
         d = os.path.dirname(os.path.abspath(self.path))
-        fd, tmp = tempfile.mkstemp(dir=d, prefix=".lotavec-ticket-", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=reap_and_tag(d, ".lotavec-ticket-"), suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as out:
                 out.write(header)

@@ -284,7 +284,10 @@ def make_case(seed: int, i: int, corpus: list[tuple[str, bytes]]) -> tuple[str, 
     descs = []
     for _ in range(r.choice([1, 1, 1, 2])):
         fn = r.choices([f for f, _ in MUTATIONS], [w for _, w in MUTATIONS])[0]
-        data, d = fn(r, data, blobs)
+        try:
+            data, d = fn(r, data, blobs)
+        except Exception:  # a mutator that cannot apply to this input (e.g. an empty header): skip it
+            continue
         descs.append(f"{fn.__name__}: {d}")
     return src, data, " | ".join(descs)
 
