@@ -34,6 +34,8 @@ KNOWN_EXTENSIONS: frozenset[str] = frozenset()
 DEFAULT_CHUNK_ELEMENTS = 1 << 22
 MAX_CHUNK_ELEMENTS = 1 << 24
 MAX_TENSORS = 1 << 20
+#: Chunk records over all tensors (a 70 B-parameter ticket at the default chunk size has ~17,000).
+MAX_CHUNKS = 1 << 18
 MAX_NDIM = 16
 MAX_NUMEL = 1 << 48
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
@@ -248,6 +250,9 @@ def parse_manifest(text: str, where: str) -> Manifest:
         raise InvalidHeaderError(f"{where}: manifest has no tensors list")
     if len(tensors) > MAX_TENSORS:
         raise LimitExceededError(f"{where}: {len(tensors)} tensors exceeds the limit of {MAX_TENSORS}")
+    n_chunks = sum(len(t["chunks"]) for t in tensors if isinstance(t, dict) and isinstance(t.get("chunks"), list))
+    if n_chunks > MAX_CHUNKS:
+        raise LimitExceededError(f"{where}: {n_chunks} chunk records exceed the limit of {MAX_CHUNKS}")
     entries = tuple(parse_tensor(t, ce, where) for t in tensors)
     seen: set[str] = set()
     for e in entries:
