@@ -7,6 +7,7 @@ import click
 import lotavec
 
 from .cmd_bridges import export, import_peft
+from .cmd_demo import demo
 from .cmd_extract import extract
 from .cmd_hub import pull, push
 from .cmd_merge import merge, overlap
@@ -24,6 +25,7 @@ def cli() -> None:
     """
 
 
+cli.add_command(demo)
 cli.add_command(extract)
 cli.add_command(inspect)
 cli.add_command(verify)
