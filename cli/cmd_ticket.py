@@ -54,8 +54,9 @@ def inspect(ticket: str, as_json: bool, plot_path: str | None) -> None:
 @click.argument("ticket")
 @click.option("--base", "base", default=None, help="Base model (HF folder or Hub id) to check the ticket against.")
 @click.option("--quick", is_flag=True, help="With --base: check shapes, dtypes and sampled fingerprints only.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @user_errors
-def verify(ticket: str, base: str | None, quick: bool) -> None:
+def verify(ticket: str, base: str | None, quick: bool, as_json: bool) -> None:
     """Check a TICKET's structure and checksums, and optionally that it fits a --base model.
 
     Exit status 0 when sound; 1 with a message naming what is wrong.
@@ -65,8 +66,14 @@ def verify(ticket: str, base: str | None, quick: bool) -> None:
 
     with load_ticket(resolve_ticket_arg(ticket)) as t:
         t.verify()
-        click.echo(f"{ticket}: structure and checksums OK ({len(t)} tensors, nnz {t.nnz:,})")
+        result = {"ticket": ticket, "ok": True, "tensors": len(t), "nnz": t.nnz, "base": None}
+        if not as_json:
+            click.echo(f"{ticket}: structure and checksums OK ({len(t)} tensors, nnz {t.nnz:,})")
         if base is not None:
             n = verify_against_base(t, resolve_model_arg(base)[0], full=not quick)
             kind = "sampled fingerprints" if quick else "full digests"
-            click.echo(f"{ticket}: matches base {base} ({n} tensors: shapes, dtypes, {kind})")
+            result["base"] = {"model": base, "tensors": n, "check": kind}
+            if not as_json:
+                click.echo(f"{ticket}: matches base {base} ({n} tensors: shapes, dtypes, {kind})")
+    if as_json:
+        echo_json(result)
