@@ -139,7 +139,7 @@ def run_lota(b: Bench) -> dict:
     b.times("LoTA sparse training", rb.training.step_times)
     b.score("(b)", "LoTA A → LoTTO B (sequential)", rb.model, nnz + rb.ticket.nnz, "B trained on top of A, disjoint")
     lotavec.merge(b.folder, [w / "A.lota", w / "B.lota"], w / "merged_seq", overwrite=True)
-    merged = b.model()
+    merged = b.model_from(w / "merged_seq")
     sa, sb = merged.state_dict(), rb.model.state_dict()
     same = sa.keys() == sb.keys() and all(torch.equal(sa[k].cpu(), sb[k].cpu()) for k in sa)
     del rb
