@@ -53,3 +53,14 @@ def test_no_items_scores_zero(taught):
     model, tok, _ = taught
     r = score_items(model, tok, [])
     assert (r.score, r.n, r.outputs) == (0.0, 0, [])
+
+
+def test_evaluation_leaves_the_model_as_it_was(taught):
+    model, tok, items = taught
+    model.train()
+    first = next(model.parameters())
+    first.requires_grad_(False)
+    flags = [p.requires_grad for p in model.parameters()]
+    score_items(model, tok, items[:1])
+    assert model.training and [p.requires_grad for p in model.parameters()] == flags
+    first.requires_grad_(True)
