@@ -396,8 +396,7 @@ def _run_demo(cfg: DemoConfig, work: Path, model_dir, progress: Progress) -> Dem
     out_a = lotavec.train(folder, data[a_name], path_a, config=tcfg, tokenizer=tokenizer, progress=run.sub("ticket A"))
     run.timed("train ticket A (LoTA)", t0)
     tickets = [_ticket_summary("A", f"A: {a_name} (LoTA)", path_a, model_params, out_a, [])]
-    run.score("ticket_a", "base + ticket A", out_a.model, tokenizer, tests)
-    del out_a
+    del out_a  # scored below as deployed: the ticket applied to a freshly loaded base
 
     t0 = time.perf_counter()
     out_b = lotavec.train(folder, data[b_name], path_b, config=tcfg, tokenizer=tokenizer, disjoint_from=[path_a],
@@ -405,9 +404,10 @@ def _run_demo(cfg: DemoConfig, work: Path, model_dir, progress: Progress) -> Dem
     run.timed("train ticket B (LoTTO)", t0)
     tickets.append(_ticket_summary("B", f"B: {b_name} (LoTTO, disjoint from A)", path_b, model_params, out_b, ["A"]))
 
-    apply(base, path_b)
-    run.score("ticket_b", "base + ticket B", base, tokenizer, tests)
-    unapply(base, path_b)
+    for key, path in (("a", path_a), ("b", path_b)):
+        apply(base, path)
+        run.score(f"ticket_{key}", f"base + ticket {key.upper()}", base, tokenizer, tests)
+        unapply(base, path)
 
     t0 = time.perf_counter()
     run.tick("merge A + B", 0, 1)
