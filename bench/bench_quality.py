@@ -12,11 +12,15 @@ Measured, each model scored on ``--n-test`` held-out items of both tasks (greedy
 
 (a) LoTA on A vs full fine-tuning on A;
 (b) sequential A → B: A's score after B under full fine-tuning, LoTA → LoTTO and LoRA → LoRA;
-(c) disjoint tickets merged with ``lotavec.merge``: the sequential LoTTO pair, and an independently
-    trained pair (B' disjoint from A but trained from the bare base);
+(c) disjoint tickets merged with ``lotavec.merge``: the sequential LoTTO pair (the same model as (b)),
+    each ticket alone on the base, and an independently trained pair (B' disjoint from A but
+    trained from the bare base);
 (d) LoTA's mask vs a uniformly random mask of the same size over the same tensors (same sparse
     training);
 (e) LoRA (PEFT) alone and sequentially (merged into the weights between tasks).
+
+Tickets are scored as deployed: applied to a freshly loaded base (``lotavec.apply``) or merged into
+a model folder (``lotavec.merge``), not the in-memory model :func:`lotavec.train` returns.
 
 Cost (step time, peak memory, optimizer state of sparse vs full training) is measured properly by
 ``bench/bench_train_step.py``; this script only reports the median step times it saw (noisy).
@@ -74,6 +78,15 @@ class Bench:
 
         return load_causal_lm(self.folder, dtype=dtype, device=self.device)
 
+    def with_tickets(self, *tickets: Path):
+        """A freshly loaded base with the tickets applied (lotavec.apply)."""
+        from lotavec.merge.apply import apply
+
+        m = self.model()
+        for t in tickets:
+            apply(m, t)
+        return m
+
     def model_from(self, folder: Path):
         from lotavec.demo import load_causal_lm
 
@@ -123,38 +136,37 @@ def run_lota(b: Bench) -> dict:
     import torch
 
     import lotavec
-    from lotavec.merge.apply import apply
 
     w = b.work
     ra = lotavec.train(b.folder, b.data[A_TASK], w / "A.lota", config=b.train_config(), tokenizer=b.tok)
     b.times("LoTA sparse training", ra.training.step_times)
     b.times("full fine-tuning", ra.calibration.step_times)
     nnz = ra.ticket.nnz
-    note = f"density {b.cfg.density:g}; calib {b.cfg.calibration_steps} + sparse {b.cfg.steps} steps, lr {b.cfg.lr:g}"
-    b.score("(a)", "LoTA on A", ra.model, nnz, note)
     masks = {k: v for k, v in ra.masks.items()}
-    del ra
+    del ra  # every ticket is scored as deployed: applied to a freshly loaded base, or merged into a folder
+    note = f"density {b.cfg.density:g}; calib {b.cfg.calibration_steps} + sparse {b.cfg.steps} steps, lr {b.cfg.lr:g}"
+    b.score("(a)", "LoTA on A", b.with_tickets(w / "A.lota"), nnz, note)
     rb = lotavec.train(b.folder, b.data[B_TASK], w / "B.lota", config=b.train_config(), tokenizer=b.tok,
                        disjoint_from=[w / "A.lota"])
     b.times("LoTA sparse training", rb.training.step_times)
-    b.score("(b)", "LoTA A → LoTTO B (sequential)", rb.model, nnz + rb.ticket.nnz, "B trained on top of A, disjoint")
+    nnz_b = rb.ticket.nnz
     lotavec.merge(b.folder, [w / "A.lota", w / "B.lota"], w / "merged_seq", overwrite=True)
     merged = b.model_from(w / "merged_seq")
     sa, sb = merged.state_dict(), rb.model.state_dict()
     same = sa.keys() == sb.keys() and all(torch.equal(sa[k].cpu(), sb[k].cpu()) for k in sa)
     del rb
-    b.score("(c)", "merged A + B (lotavec.merge)", merged, None,
-            "bit-identical to the sequential model" if same else "DIFFERS from the sequential model")
+    b.score("(b)", "LoTA A → LoTTO B = merged A + B (lotavec.merge)", merged, nnz + nnz_b,
+            "B trained on top of A, disjoint; merged weights " +
+            ("bit-identical to the sequentially trained model" if same else "DIFFER from the sequential model"))
     del merged
-    base = b.model()
-    apply(base, w / "B.lota")
-    b.score("(c)", "base + ticket B alone", base, None, "sequential B ticket without A")
-    del base
+    b.score("(c)", "base + ticket B alone", b.with_tickets(w / "B.lota"), None, "the LoTTO B ticket without A")
     rb2 = lotavec.train(b.folder, b.data[B_TASK], w / "B_indep.lota", config=b.train_config(sequential=False),
                         tokenizer=b.tok, disjoint_from=[w / "A.lota"])
     b.times("LoTA sparse training", rb2.training.step_times)
-    b.score("(c)", "base + ticket B' alone", rb2.model, rb2.ticket.nnz, "B' disjoint from A, trained from the base")
+    nnz_b2 = rb2.ticket.nnz
     del rb2
+    b.score("(c)", "base + ticket B' alone", b.with_tickets(w / "B_indep.lota"), nnz_b2,
+            "B' disjoint from A, trained from the base")
     lotavec.merge(b.folder, [w / "A.lota", w / "B_indep.lota"], w / "merged_indep", overwrite=True)
     b.score("(c)", "merged A + B' (independent tickets)", b.model_from(w / "merged_indep"), None, "lotavec.merge, sum")
     return masks
@@ -240,7 +252,7 @@ def table(b: Bench, seconds: float, cpu: float, load: tuple[list[float], list[fl
     lines += ["", f"SmolLM2-135M-Instruct (lotavec.realmodel), device {b.device}, {torch.get_num_threads()} torch "
               f"threads, {b.args.n_test} test items per task, seed {b.cfg.seed}. Total wall time {seconds / 60:.1f} min "
               f"(process CPU {cpu / 60:.1f} min; 1-min load average {load[0][0]:.1f} at start, {load[1][0]:.1f} "
-              "at end: other jobs shared the 2 cores)."]
+              "at end; the machine is shared, so times are noisy)."]
     return "\n".join(lines)
 
 
