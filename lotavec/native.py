@@ -1,0 +1,81 @@
+"""Optional compiled kernels, loaded with :mod:`ctypes`.
+
+``lotavec/_csrc/<name>.c`` is built into the extension file ``lotavec/_c<name>`` at install time
+(see ``setup.py``; optional — a failed build only warns). :func:`kernels` returns the loaded
+library, or ``None`` when it is not built or ``LOTAVEC_NATIVE=0`` is set; every caller has a numpy
+path that gives identical results, and the test suite runs both.
+
+ctypes releases the GIL during a foreign call, so kernels run in parallel on worker threads.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import os
+import threading
+
+_lock = threading.Lock()
+_cache: dict[str, ctypes.CDLL | None] = {}
+
+#: Environment variable: ``0`` disables the compiled kernels (numpy paths only).
+ENV = "LOTAVEC_NATIVE"
+
+_P = ctypes.c_void_p
+_I64 = ctypes.c_int64
+_I32 = ctypes.c_int32
+_U32 = ctypes.c_uint32
+
+#: Signatures per library: ``{function: (restype, [argtypes])}``.
+SIGNATURES: dict[str, dict[str, tuple]] = {
+    "codec": {
+        "lv_gaps_decode": (_I64, [_P, _I32, _I64, _I64, _P]),
+        "lv_bitmap_decode": (_I64, [_P, _I64, _I64, _P, _I64]),
+        "lv_unshuffle": (None, [_P, _I32, _I64, _I32, _P]),
+        "lv_count": (None, [_P, _P, _I64]),
+        "lv_apply16": (_I64, [_P, _P, _P, _P, _I64, _I32, ctypes.c_uint16, _P, _P, _P]),
+        "lv_apply32": (_I64, [_P, _P, _P, _P, _I64, _I32, _U32, _P, _P, _P]),
+    },
+    "select": {},
+}
+
+
+def enabled() -> bool:
+    """Whether compiled kernels may be used (``LOTAVEC_NATIVE`` is not ``0``)."""
+    return os.environ.get(ENV, "1") != "0"
+
+
+def kernels(name: str) -> ctypes.CDLL | None:
+    """The compiled library ``lotavec._c<name>``, or ``None`` (not built, or disabled)."""
+    if not enabled():
+        return None
+    with _lock:
+        if name not in _cache:
+            _cache[name] = _load(name)
+        return _cache[name]
+
+
+def _load(name: str) -> ctypes.CDLL | None:
+    try:
+        spec = importlib.util.find_spec(f"lotavec._c{name}")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin or not os.path.exists(spec.origin):
+        return None
+    try:
+        lib = ctypes.CDLL(spec.origin)
+    except OSError:
+        return None
+    for fn, (res, args) in SIGNATURES.get(name, {}).items():
+        try:
+            f = getattr(lib, fn)
+        except AttributeError:  # a stale build from an older source: do not use it
+            return None
+        f.restype = res
+        f.argtypes = args
+    return lib
+
+
+def ptr(a) -> int:
+    """Address of a numpy array's first element (the array must stay alive during the call)."""
+    return a.ctypes.data
