@@ -12,6 +12,7 @@ import threading
 import numpy as np
 import zstandard
 
+from .. import native
 from ..errors import CorruptTicketError
 
 #: Mask codec names (spec §5).
@@ -85,13 +86,24 @@ def shuffle(values: np.ndarray) -> np.ndarray:
     return out
 
 
-def unshuffle(data: bytes | np.ndarray, dtype: np.dtype, n: int) -> np.ndarray:
-    """Inverse of :func:`shuffle` for ``n`` elements of ``dtype``."""
+def unshuffle(data: bytes | np.ndarray, dtype: np.dtype, n: int, *, zigzag: bool = False) -> np.ndarray:
+    """Inverse of :func:`shuffle` for ``n`` elements of ``dtype`` (then :func:`unzigzag` with ``zigzag``)."""
     dtype = np.dtype(dtype)
     w = dtype.itemsize
     raw = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data
     if w == 1:
         return raw.view(dtype)
+    lib = native.kernels("codec")
+    if lib is not None and w in (2, 4) and raw.size == w * n:
+        out = np.empty(n, dtype=np.dtype(f"<u{w}"))
+        lib.lv_unshuffle(native.ptr(raw), w, n, int(zigzag), native.ptr(out))
+        return out.view(dtype)
+    out = _unshuffle_numpy(raw, dtype, n)
+    return unzigzag(out, 8 * w) if zigzag else out
+
+
+def _unshuffle_numpy(raw: np.ndarray, dtype: np.dtype, n: int) -> np.ndarray:
+    w = dtype.itemsize
     u = np.dtype(f"<u{w}")
     planes = raw.reshape(w, n)
     out = planes[0].astype(u)
@@ -123,14 +135,22 @@ def encode_gaps(local: np.ndarray) -> tuple[str, bytes]:
     return codec, zstd_compress(shuffle(gaps.astype(dt)))
 
 
-def decode_gaps(data: bytes | memoryview, nnz: int, length: int, what: str, width: int = 4) -> np.ndarray:
-    """Decode a gaps stream of ``width``-byte gaps to int64 local indices below ``length``."""
+def decode_gaps(data: bytes | memoryview, nnz: int, length: int, what: str, width: int = 4,
+                out: np.ndarray | None = None, offset: int = 0) -> np.ndarray:
+    """Decode a gaps stream of ``width``-byte gaps to int64 indices: local ones below ``length``,
+    plus ``offset``, written into ``out`` when given."""
     raw = zstd_decompress(data, width * nnz, what)
-    gaps = unshuffle(raw, np.dtype(f"<u{width}"), nnz)
-    idx = np.cumsum(gaps, dtype=np.int64)
-    idx += np.arange(nnz, dtype=np.int64)
-    if nnz and idx[-1] >= length:
-        raise CorruptTicketError(f"{what}: mask index {idx[-1]} is out of range for a chunk of {length} elements")
+    lib = native.kernels("codec")
+    if lib is not None:
+        idx = np.empty(nnz, dtype=np.int64) if out is None else out
+        last = lib.lv_gaps_decode(native.ptr(np.frombuffer(raw, np.uint8)), width, nnz, offset, native.ptr(idx))
+    else:
+        gaps = unshuffle(raw, np.dtype(f"<u{width}"), nnz)
+        idx = np.cumsum(gaps, dtype=np.int64, out=out)
+        idx += np.arange(offset, offset + nnz, dtype=np.int64)
+        last = int(idx[-1]) - offset if nnz else -1
+    if last >= length:
+        raise CorruptTicketError(f"{what}: mask index {last} is out of range for a chunk of {length} elements")
     return idx
 
 
@@ -141,17 +161,27 @@ def encode_bitmap(local: np.ndarray, length: int) -> bytes:
     return zstd_compress(np.packbits(bits, bitorder="little"))
 
 
-def decode_bitmap(data: bytes | memoryview, nnz: int, length: int, what: str) -> np.ndarray:
-    """Decode a bitmap stream to int64 local indices, checking popcount and padding."""
+def decode_bitmap(data: bytes | memoryview, nnz: int, length: int, what: str,
+                  out: np.ndarray | None = None, offset: int = 0) -> np.ndarray:
+    """Decode a bitmap stream to int64 local indices (plus ``offset``, into ``out`` when given),
+    checking popcount and padding."""
     nbytes = (length + 7) // 8
     raw = np.frombuffer(zstd_decompress(data, nbytes, what), dtype=np.uint8)
     if length % 8 and raw[-1] >> (length % 8):
         raise CorruptTicketError(f"{what}: padding bits of the last mask byte are not zero")
-    bits = np.unpackbits(raw, bitorder="little", count=length)
-    idx = np.flatnonzero(bits)
-    if idx.size != nnz:
-        raise CorruptTicketError(f"{what}: bitmap holds {idx.size} set bits, manifest declares nnz={nnz}")
-    return idx.astype(np.int64, copy=False)
+    lib = native.kernels("codec")
+    if lib is not None:
+        idx = np.empty(nnz, dtype=np.int64) if out is None else out
+        found = lib.lv_bitmap_decode(native.ptr(raw), length, offset, native.ptr(idx), nnz)
+    else:
+        bits = np.unpackbits(raw, bitorder="little", count=length)
+        local = np.flatnonzero(bits)
+        found = local.size
+        if found == nnz:
+            idx = np.add(local, offset, out=out, dtype=np.int64, casting="unsafe")
+    if found != nnz:
+        raise CorruptTicketError(f"{what}: bitmap holds {found} set bits, manifest declares nnz={nnz}")
+    return idx
 
 
 def encode_mask(local: np.ndarray, length: int) -> tuple[str, bytes]:
@@ -174,8 +204,13 @@ def encode_mask(local: np.ndarray, length: int) -> tuple[str, bytes]:
     return (gc, g) if len(g) <= len(b) else ("bitmap", b)
 
 
-def decode_mask(codec: str, data: bytes | memoryview, nnz: int, length: int, what: str) -> np.ndarray:
-    """Decode one chunk's mask stream to int64 local indices (strictly increasing, < length)."""
+def decode_mask(codec: str, data: bytes | memoryview, nnz: int, length: int, what: str,
+                out: np.ndarray | None = None, offset: int = 0) -> np.ndarray:
+    """Decode one chunk's mask stream to int64 local indices (strictly increasing, < length).
+
+    With ``offset`` the indices are shifted by it; with ``out`` (int64, ``nnz`` long) they are
+    written there (and ``out`` is returned).
+    """
     if codec == "none" or codec == "all":
         if len(data):
             raise CorruptTicketError(f"{what}: mask codec {codec!r} must have an empty stream")
@@ -183,11 +218,14 @@ def decode_mask(codec: str, data: bytes | memoryview, nnz: int, length: int, wha
             raise CorruptTicketError(f"{what}: mask codec 'none' with nnz={nnz}")
         if codec == "all" and nnz != length:
             raise CorruptTicketError(f"{what}: mask codec 'all' with nnz={nnz} in a chunk of {length}")
-        return np.arange(nnz, dtype=np.int64)
+        if out is None:
+            return np.arange(offset, offset + nnz, dtype=np.int64)
+        out[:] = np.arange(offset, offset + nnz, dtype=np.int64)
+        return out
     if codec in _GAP_WIDTH:
-        return decode_gaps(data, nnz, length, what, _GAP_WIDTH[codec])
+        return decode_gaps(data, nnz, length, what, _GAP_WIDTH[codec], out, offset)
     if codec == "bitmap":
-        return decode_bitmap(data, nnz, length, what)
+        return decode_bitmap(data, nnz, length, what, out, offset)
     raise CorruptTicketError(f"{what}: unknown mask codec {codec!r}")
 
 
@@ -213,11 +251,12 @@ def encode_values(payload: np.ndarray) -> bytes:
     return zstd_compress(shuffle(payload))
 
 
-def decode_values(data: bytes | memoryview, dtype: np.dtype, nnz: int, what: str) -> np.ndarray:
-    """Inverse of :func:`encode_values` for ``nnz`` elements of ``dtype``."""
+def decode_values(data: bytes | memoryview, dtype: np.dtype, nnz: int, what: str, *, zigzag: bool = False) -> np.ndarray:
+    """Inverse of :func:`encode_values` for ``nnz`` elements of ``dtype`` (then :func:`unzigzag`
+    of the unsigned patterns with ``zigzag``)."""
     if nnz == 0:
         if len(data):
             raise CorruptTicketError(f"{what}: value stream must be empty when nnz=0")
         return np.empty(0, dtype=dtype)
     raw = zstd_decompress(data, nnz * np.dtype(dtype).itemsize, what)
-    return unshuffle(raw, np.dtype(dtype), nnz)
+    return unshuffle(raw, np.dtype(dtype), nnz, zigzag=zigzag)

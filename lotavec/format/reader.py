@@ -16,7 +16,7 @@ from ..errors import (
     LimitExceededError,
     NotFoundError,
 )
-from .codecs import decode_mask, decode_values, unzigzag
+from .codecs import decode_mask, decode_values
 from .dtypes import BITS
 from .manifest import FORMAT_NAME, MANIFEST_KEY, Chunk, Manifest, TensorEntry, parse_manifest
 from .safetensors_io import SafetensorsFile
@@ -91,20 +91,28 @@ class TicketFile:
     def file_size(self) -> int:
         return self._st.size
 
-    def read_chunk(self, entry: TensorEntry, chunk: Chunk) -> tuple[np.ndarray, np.ndarray]:
-        """Decode one chunk: ``(local int64 indices, payload)``; verifies the crc32 first."""
+    def read_chunk(self, entry: TensorEntry, chunk: Chunk, *, idx_out: np.ndarray | None = None,
+                   payload_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Decode one chunk: ``(local int64 indices, payload)``; verifies the crc32 first.
+
+        With ``idx_out``/``payload_out`` (``nnz`` long) the results are written there instead,
+        and the indices are global (chunk start added).
+        """
         what = f"{self.path}: tensor {entry.name!r} chunk {chunk.start // self.manifest.chunk_elements}"
         blob = self._st.buffer(entry.data)[chunk.offset : chunk.offset + chunk.mask_bytes + chunk.value_bytes]
         if zlib.crc32(blob) != chunk.crc32:
             raise ChecksumError(f"{what}: checksum mismatch (file is corrupt; download it again)")
-        idx = decode_mask(chunk.mask_codec, blob[: chunk.mask_bytes], chunk.nnz, chunk.length, what)
-        pl = decode_values(blob[chunk.mask_bytes :], payload_dtype(entry), chunk.nnz, what)
+        offset = 0 if idx_out is None else chunk.start
+        idx = decode_mask(chunk.mask_codec, blob[: chunk.mask_bytes], chunk.nnz, chunk.length, what, idx_out, offset)
+        pl = decode_values(blob[chunk.mask_bytes :], payload_dtype(entry), chunk.nnz, what,
+                           zigzag=entry.values == "ulpdiff")
         if entry.values == "raw" and nonfinite_bits(pl, entry.dtype).any():
             raise CorruptTicketError(f"{what}: non-finite values (the format requires finite values)")
         if entry.values == "f32delta" and not np.isfinite(pl).all():
             raise CorruptTicketError(f"{what}: non-finite deltas (the format requires finite values)")
-        if entry.values == "ulpdiff":
-            pl = unzigzag(pl, 8 * pl.dtype.itemsize)
+        if payload_out is not None:
+            payload_out[:] = pl
+            pl = payload_out
         return idx, pl
 
     def iter_chunks(self, name: str) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
@@ -137,10 +145,8 @@ class TicketFile:
         starts = np.cumsum([0] + [c.nnz for c in e.chunks])
 
         def one(i: int) -> None:
-            c = e.chunks[i]
-            idx, pl = self.read_chunk(e, c)
-            np.add(idx, c.start, out=indices[starts[i] : starts[i + 1]])
-            payload[starts[i] : starts[i + 1]] = pl
+            a, b = starts[i], starts[i + 1]
+            self.read_chunk(e, e.chunks[i], idx_out=indices[a:b], payload_out=payload[a:b])
 
         if workers <= 1:
             for i in range(n):

@@ -8,6 +8,7 @@ The output folder appears atomically.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import time
@@ -20,8 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from .. import native
 from .._version import __version__
 from ..errors import (
+    CorruptTicketError,
     FingerprintMismatchError,
     MergeConfigError,
     ModelError,
@@ -40,6 +43,7 @@ from .registry import get_method
 
 Progress = Callable[[str, int, int], None] | None
 _DTYPE_NAMES = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}
+_EXP_MASK = {"BF16": 0x7F80, "F16": 0x7C00, "F32": 0x7F800000}
 
 
 @dataclass
@@ -185,8 +189,11 @@ def _exact_sum_values(name: str, flat: np.ndarray, dtype: str, parts: list[Ticke
     :func:`merge_tensor` restricted to them (entries are merged independently, so the values
     are those of the merge over the whole union). Works in cache-sized steps of the tensor.
     """
-    out = np.empty_like(flat)
     live = [(i, tt) for i, tt in enumerate(parts) if tt is not None]
+    lib = native.kernels("codec")
+    if lib is not None and all(tt.values in ("ulpdiff", "raw") for _, tt in live):
+        return _exact_sum_native(lib, name, flat, dtype, parts, live, params)
+    out = np.empty_like(flat)
     bounds = np.minimum(np.arange(0, flat.size + _SUM_CHUNK, _SUM_CHUNK, dtype=np.int64), flat.size)
     cuts = [np.searchsorted(tt.indices, bounds) for _, tt in live]
     count = np.zeros(_SUM_CHUNK, np.uint8 if len(live) < 256 else np.uint32) if len(live) > 1 else None
@@ -231,6 +238,48 @@ def _exact_sum_values(name: str, flat: np.ndarray, dtype: str, parts: list[Ticke
             floats[i] = SparseDelta(np.concatenate([p[0] for p in pieces]),
                                     np.concatenate([p[1] for p in pieces]), flat.size)
     if any(f is not None and f.indices.size for f in floats):
+        merged = merge_tensor(name, floats, params)
+        changed += _put_sum(out, flat, dtype, dtype, merged, name)
+    return out, changed
+
+
+def _exact_sum_native(lib, name: str, flat: np.ndarray, dtype: str, parts: list[TicketTensor | None],
+                      live: list[tuple[int, TicketTensor]], params: MergeParams) -> tuple[np.ndarray, int]:
+    """:func:`_exact_sum_values` with the compiled kernels: one pass per ticket over its entries.
+
+    Entries of one ticket alone get the fine-tuned bits; entries several tickets share are left
+    at the base by the kernel and merged by the float route of :func:`merge_tensor`.
+    """
+    out = flat.copy()
+    bits = BITS[dtype]
+    ob, bb = out.view(bits), flat.view(bits)
+    count = None
+    if len(live) > 1:
+        count = np.zeros(flat.size, np.uint8)
+        for _, tt in live:
+            lib.lv_count(native.ptr(count), native.ptr(tt.indices), tt.indices.size)
+    apply = lib.lv_apply16 if bits == np.uint16 else lib.lv_apply32
+    expmask = _EXP_MASK[dtype]
+    changed = 0
+    floats: list[SparseDelta | None] = [None] * len(parts)
+    ns = ctypes.c_int64(0)
+    for i, tt in live:
+        idx = np.ascontiguousarray(tt.indices, dtype=np.int64)
+        pl = np.ascontiguousarray(tt.payload).view(bits)
+        shared = np.empty(idx.size if count is not None else 0, np.int64)
+        r = apply(native.ptr(ob), native.ptr(bb), native.ptr(idx), native.ptr(pl), idx.size,
+                  1 if tt.values == "raw" else 0, expmask,
+                  native.ptr(count) if count is not None else None, native.ptr(shared), ctypes.byref(ns))
+        if r < 0:
+            raise CorruptTicketError(
+                f"tensor {name!r}: applying the ticket gives non-finite values (flat index {int(idx[-r - 1])}); "
+                "the base is not the one this ticket was made from, or the ticket is corrupt")
+        changed += int(r)
+        if ns.value:
+            pos = shared[: ns.value]
+            sub = replace(tt, indices=np.take(idx, pos), payload=np.take(tt.payload, pos))
+            floats[i] = SparseDelta(sub.indices, sub.delta(np.take(flat, sub.indices)), flat.size)
+    if any(f is not None for f in floats):
         merged = merge_tensor(name, floats, params)
         changed += _put_sum(out, flat, dtype, dtype, merged, name)
     return out, changed

@@ -139,13 +139,14 @@ def lotavec_exe() -> list[str]:
 
 @pytest.fixture(scope="module")
 def big(tmp_path_factory):
-    """An 84 MB bf16 base (10 tensors of 2048×2048) and a ticket touching two of them."""
+    """A 200 MB bf16 base (24 tensors of 2048×2048) and a ticket touching two of them: the merge
+    must write long enough (~1 s) for random kill points to land mid-write."""
     from lotavec.ticket import TicketTensor, TicketWriter
     from lotavec.torchio import to_storage
 
     root = tmp_path_factory.mktemp("kill")
     g = torch.Generator().manual_seed(0)
-    sd = {f"layers.{i:02d}.weight": torch.randn(2048, 2048, generator=g, dtype=torch.bfloat16) for i in range(10)}
+    sd = {f"layers.{i:02d}.weight": torch.randn(2048, 2048, generator=g, dtype=torch.bfloat16) for i in range(24)}
     (root / "base").mkdir()
     save_file(sd, root / "base" / "model.safetensors", metadata={"format": "pt"})
     (root / "base" / "config.json").write_text(json.dumps({"model_type": "none", "note": "kill test"}))
@@ -191,7 +192,7 @@ def test_killed_merge_never_leaves_a_partial_output(big, tmp_path):
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
     # Kill points: random moments while the output is being written, and one near the end (rename).
-    delays = [rng.uniform(t_tmp, t_end) for _ in range(2)] + [t_end * 0.97]
+    delays = [rng.uniform(t_tmp, t_end) for _ in range(3)] + [t_end * 0.97]
     out = tmp_path / "out"
     mid_write = 0
     for delay in delays:

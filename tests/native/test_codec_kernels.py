@@ -1,0 +1,136 @@
+"""The compiled codec and merge kernels (lotavec/_csrc/codec.c) against the numpy reference paths.
+
+Every kernel has a numpy twin selected with ``LOTAVEC_NATIVE=0``; these tests run both on the same
+inputs and require bit-identical results, including the error paths.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from lotavec import native
+from lotavec.errors import CorruptTicketError
+from lotavec.format import codecs
+from lotavec.merge import MergeParams
+from lotavec.merge.engine import merge_tensor_values
+from lotavec.ticket import TicketTensor
+
+pytestmark = pytest.mark.skipif(native.kernels("codec") is None, reason="compiled kernels not built")
+
+
+def both(monkeypatch, fn):
+    """``fn()`` with the kernels, then with the numpy paths."""
+    monkeypatch.setenv(native.ENV, "1")
+    a = fn()
+    monkeypatch.setenv(native.ENV, "0")
+    b = fn()
+    monkeypatch.delenv(native.ENV)
+    return a, b
+
+
+def test_kernels_are_built_where_required():
+    # ./dev test sets LOTAVEC_REQUIRE_NATIVE=1: CI must exercise the compiled paths, not fall back.
+    if os.environ.get("LOTAVEC_REQUIRE_NATIVE") == "1":
+        assert native.kernels("codec") is not None
+        assert native.kernels("select") is not None
+
+
+def test_disabled_by_environment(monkeypatch):
+    monkeypatch.setenv(native.ENV, "0")
+    assert native.kernels("codec") is None
+
+
+@pytest.mark.parametrize("length,density", [(1, 1.0), (9, 0.5), (5000, 0.001), (5000, 0.1), (70000, 0.02),
+                                            (1 << 16, 0.3), (300000, 0.0001), (4099, 0.6)])
+def test_mask_decoders_agree(monkeypatch, length, density):
+    rng = np.random.default_rng(length)
+    nnz = max(1, int(length * density))
+    local = np.sort(rng.choice(length, nnz, replace=False)).astype(np.int64)
+    streams = [codecs.encode_gaps(local), ("bitmap", codecs.encode_bitmap(local, length))]
+    for codec, data in streams:
+        for offset, out in ((0, None), (12345, np.empty(nnz, np.int64))):
+            a, b = both(monkeypatch, lambda codec=codec, data=data, offset=offset, out=out: codecs.decode_mask(
+                codec, data, nnz, length, "t", None if out is None else out.copy(), offset).copy())
+            assert a.dtype == b.dtype == np.int64
+            np.testing.assert_array_equal(a, b)
+            np.testing.assert_array_equal(a, local + offset)
+
+
+@pytest.mark.parametrize("codec", ["gaps8", "gaps16", "gaps32", "bitmap"])
+def test_mask_decoders_reject_the_same_corruption(monkeypatch, codec):
+    length = 1000
+    local = np.arange(0, 1000, 7, dtype=np.int64)
+    if codec == "bitmap":
+        data = codecs.encode_bitmap(local, length)
+        bad = [(local.size + 1, length, "set bits")]  # popcount differs from nnz
+    else:
+        width = {"gaps8": 1, "gaps16": 2, "gaps32": 4}[codec]
+        gaps = np.full(local.size, 6, dtype=f"<u{width}")
+        gaps[-1] = 200  # walks past the chunk end
+        data = codecs.zstd_compress(codecs.shuffle(gaps))
+        bad = [(local.size, length, "out of range")]
+    for nnz, ln, msg in bad:
+        for env in ("1", "0"):
+            monkeypatch.setenv(native.ENV, env)
+            with pytest.raises(CorruptTicketError, match=msg):
+                codecs.decode_mask(codec, data, nnz, ln, "t")
+
+
+@pytest.mark.parametrize("dtype", ["<u2", "<u4", "<f4"])
+@pytest.mark.parametrize("zigzag", [False, True])
+def test_unshuffle_agrees(monkeypatch, dtype, zigzag):
+    if zigzag and dtype == "<f4":
+        pytest.skip("zigzag applies to unsigned patterns")
+    rng = np.random.default_rng(1)
+    v = rng.integers(0, 1 << 16, 10001).astype(dtype) if dtype != "<f4" else rng.standard_normal(10001).astype(dtype)
+    raw = codecs.shuffle(v)
+    a, b = both(monkeypatch, lambda: codecs.unshuffle(raw, np.dtype(dtype), v.size, zigzag=zigzag).copy())
+    assert a.dtype == b.dtype
+    np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8))
+    want = codecs.unzigzag(v, 8 * v.dtype.itemsize) if zigzag else v
+    np.testing.assert_array_equal(a.view(np.uint8), want.view(np.uint8))
+
+
+def _tensor(rng, name, base, density, values, dtype):
+    idx = np.sort(rng.choice(base.size, int(base.size * density), replace=False)).astype(np.int64)
+    bits = base.view(np.uint32 if base.dtype == np.float32 else np.uint16)
+    ft = (bits.reshape(-1)[idx] + rng.integers(1, 40, idx.size).astype(bits.dtype)).view(base.dtype)
+    return TicketTensor.from_finetuned(name, base, ft, idx, dtype, values=values)
+
+
+@pytest.mark.parametrize("dtype", ["BF16", "F16", "F32"])
+@pytest.mark.parametrize("values", ["ulpdiff", "raw"])
+@pytest.mark.parametrize("n_tickets", [1, 2, 3])
+def test_exact_sum_agrees(monkeypatch, dtype, values, n_tickets):
+    rng = np.random.default_rng(n_tickets)
+    storage = np.uint16 if dtype != "F32" else np.uint32
+    f = rng.standard_normal(3000).astype(np.float32) * 0.05
+    if dtype == "BF16":
+        base = (f.view(np.uint32) >> 16).astype(np.uint16)
+    elif dtype == "F16":
+        base = f.astype(np.float16)
+    else:
+        base = f
+    base = base.reshape(60, 50)
+    parts = [_tensor(rng, "w", base, 0.3, values, dtype) for _ in range(n_tickets)]
+    params = MergeParams(method="sum", weights=(1.0,) * n_tickets)
+    a, b = both(monkeypatch, lambda: merge_tensor_values("w", base, dtype, dtype, parts, params, None))
+    np.testing.assert_array_equal(a[0].view(np.uint8), b[0].view(np.uint8))
+    assert a[1] == b[1]
+    if n_tickets == 1:  # the fine-tuned bits exactly
+        out = a[0].reshape(-1).view(storage)
+        np.testing.assert_array_equal(out[parts[0].indices], parts[0].finetuned(base.reshape(-1)[parts[0].indices]).view(storage))
+
+
+def test_exact_sum_refuses_non_finite_results_on_both_paths(monkeypatch):
+    base = np.full(100, 0x7F7F, np.uint16)  # bf16 just below +inf
+    idx = np.array([3, 50], np.int64)
+    tt = TicketTensor("w", (100,), "BF16", idx, "ulpdiff", np.array([1, 0], np.uint16))
+    params = MergeParams(method="sum", weights=(1.0,))
+    for env in ("1", "0"):
+        monkeypatch.setenv(native.ENV, env)
+        with pytest.raises(CorruptTicketError, match="non-finite"):
+            merge_tensor_values("w", base, "BF16", "BF16", [tt], params, None)
