@@ -36,7 +36,10 @@ SIGNATURES: dict[str, dict[str, tuple]] = {
         "lv_apply16": (_I64, [_P, _P, _P, _P, _I64, _I32, ctypes.c_uint16, _P, _P, _P]),
         "lv_apply32": (_I64, [_P, _P, _P, _P, _I64, _I32, _U32, _P, _P, _P]),
     },
-    "select": {},
+    "select": {
+        "lv_sel_scan": (_I64, [_P, _P, _I64, _I32, _P, _I64, _I32, _U32, _P, _P]),
+        "lv_sel_emit": (_I64, [_P, _P, _I64, _I32, _P, _I64, _U32, _I64, _P, _I32, _P]),
+    },
 }
 
 

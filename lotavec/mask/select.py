@@ -51,7 +51,7 @@ from typing import Literal
 import numpy as np
 
 from ..errors import SelectionError
-from . import _engine, _radix
+from . import _engine, _native, _radix
 from ._radix import Progress
 
 _SCOPES = ("global", "tensor")
@@ -71,6 +71,15 @@ class Candidate:
             ``[start, stop)`` only. When given it is used instead of ``scores`` (which may then be
             ``None``): scores are computed chunk by chunk (~0.5 M entries), so a tensor's scores
             are never all in memory and stay in cache while selected — faster and leaner.
+        pair: optional ``pair()`` returning ``(base, fine-tuned, dtype)``: the two flat storage
+            arrays (BF16/F16 as ``uint16`` bits, F32 as ``float32``/``uint32``) whose scores are
+            ``|f32(fine-tuned) - f32(base)|``, and the dtype name (``"BF16"``, ``"F16"``,
+            ``"F32"``). When every candidate has one and the compiled kernels are built, selection
+            runs on them (two threads, no score arrays); the result is identical. ``scores`` or
+            ``score_range`` must still be given, and return exactly these scores (they are the
+            fallback, and they produce the errors).
+        release: optional callable run after each pass has read ``pair()``'s arrays (e.g. to drop
+            their memory pages).
 
     Raises:
         SelectionError: negative numel, no score callable, or ``exclude`` not
@@ -82,6 +91,8 @@ class Candidate:
     scores: Callable[[], np.ndarray] | None = None
     exclude: np.ndarray | None = None
     score_range: Callable[[int, int], np.ndarray] | None = None
+    pair: Callable[[], tuple[np.ndarray, np.ndarray, str]] | None = None
+    release: Callable[[], None] | None = None
 
     def __post_init__(self):
         if (
@@ -224,6 +235,9 @@ def select_topk(
             non-finite scores, scores that change between calls.
     """
     cands, dens, kk = _parse_request(candidates, k, density, sparsity, scope)
+    if _native.usable(cands):
+        sel = _native_iter(cands, dens, kk, scope, progress, None)
+        return {c.name: idx for c, (idx, _) in zip(cands, sel)}
     if scope == "tensor":
         return dict(_per_tensor(cands, dens, progress, max_retained_bytes))
     budget = _default_budget(cands, kk) if max_retained_bytes is None else max_retained_bytes
@@ -260,6 +274,9 @@ def iter_topk(
         SelectionError: as :func:`select_topk`.
     """
     cands, dens, kk = _parse_request(candidates, k, density, sparsity, scope)
+    if _native.usable(cands):
+        sel = _native_iter(cands, dens, kk, scope, progress, None)
+        return ((c.name, idx) for c, (idx, _) in zip(cands, sel))
     if scope == "tensor":
         return _per_tensor(cands, dens, progress, None)
     return zip((c.name for c in cands), _engine.iter_global(cands, kk, progress))
@@ -311,6 +328,8 @@ def select_changed(
         SelectionError: no or duplicate candidates, bad or non-finite scores.
     """
     cands = _check_candidates(candidates)
+    if _native.usable(cands):
+        return {c.name: idx for c, (idx, _) in zip(cands, _native.iter_changed(cands, progress))}
     out = {}
     for i, c in enumerate(cands):
         parts = []
@@ -322,3 +341,68 @@ def select_changed(
         out[c.name] = _radix._concat(parts)
         _radix._tick(progress, "select changed", i + 1, len(cands))
     return out
+
+
+def _native_iter(cands, dens, kk, scope, progress, values):
+    if scope == "tensor":
+        return _native.iter_tensor(cands, dens, progress, values)
+    return _native.iter_global(cands, kk, progress, values)
+
+
+def iter_values(
+    candidates: Sequence[Candidate],
+    *,
+    values: Literal["raw", "ulpdiff"],
+    k: int | None = None,
+    density: float | None = None,
+    sparsity: float | None = None,
+    scope: Literal["global", "tensor"] = "global",
+    all_changed: bool = False,
+    progress: Progress = None,
+) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """The selection of :func:`iter_topk` (or :func:`select_changed`) with the selected values.
+
+    Every candidate must have ``pair``. The values are read in the same pass as the selection
+    when the compiled kernels are available (else gathered after it).
+
+    Args:
+        values: ``"raw"`` (fine-tuned bit patterns) or ``"ulpdiff"`` (wrap-around difference of
+            bit patterns, fine-tuned − base), unsigned of the storage width.
+        all_changed: select every eligible entry with a non-zero score (then no k/density).
+        candidates, k, density, sparsity, scope, progress: as for :func:`iter_topk`.
+
+    Returns:
+        An iterator of ``(name, sorted int64 flat indices, values at them)``.
+
+    Raises:
+        SelectionError: as :func:`iter_topk`; a candidate without ``pair``.
+    """
+    if values not in ("raw", "ulpdiff"):
+        raise SelectionError(f"values must be 'raw' or 'ulpdiff', got {values!r}")
+    cands = _check_candidates(candidates)
+    for c in cands:
+        if c.pair is None:
+            raise SelectionError(f"tensor {c.name!r}: iter_values needs a pair callable")
+    if all_changed:
+        if _native.usable(cands):
+            sel = _native.iter_changed(cands, progress, values)
+            return ((c.name, idx, v) for c, (idx, v) in zip(cands, sel))
+        gen = select_changed(cands, progress=progress).items()
+    else:
+        cands, dens, kk = _parse_request(cands, k, density, sparsity, scope)
+        if _native.usable(cands):
+            sel = _native_iter(cands, dens, kk, scope, progress, values)
+            return ((c.name, idx, v) for c, (idx, v) in zip(cands, sel))
+        gen = iter_topk(cands, k=k, density=density, sparsity=sparsity, scope=scope, progress=progress)
+    by_name = {c.name: c for c in cands}
+    return ((n, idx, _gather(by_name[n], idx, values)) for n, idx in gen)
+
+
+def _gather(c: Candidate, idx: np.ndarray, values: str) -> np.ndarray:
+    """The values at ``idx`` read from ``c.pair()`` (numpy path of :func:`iter_values`)."""
+    b, f, dtype = c.pair()
+    width = np.dtype(np.uint32 if dtype == "F32" else np.uint16)
+    fb = np.ascontiguousarray(f).reshape(-1).view(width)[idx]
+    if values == "raw":
+        return fb
+    return fb - np.ascontiguousarray(b).reshape(-1).view(width)[idx]  # unsigned wrap-around
