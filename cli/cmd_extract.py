@@ -26,11 +26,14 @@ from ._resolve import resolve_model_arg, resolve_ticket_args
 @click.option("--disjoint-from", multiple=True, metavar="TICKET", help="Exclude the entries of these tickets (LoTTO).")
 @click.option("--values", type=click.Choice(["ulpdiff", "raw"]), default="ulpdiff", show_default=True,
               help="Lossless value codec: bit-pattern difference (smaller) or raw fine-tuned values (base-free).")
+@click.option("--full-digest", is_flag=True,
+              help="Also record a digest of every byte of each base tensor (one more read of the base), so that "
+                   "'lotavec verify --base --full' can check it; by default only a sampled fingerprint is recorded.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @user_errors
 def extract(base, finetuned, out, density, sparsity, all_changed, scope, include, exclude, embeddings, lm_head,
-            norms, biases, disjoint_from, values, as_json, quiet):
+            norms, biases, disjoint_from, values, full_digest, as_json, quiet):
     """Make a ticket from BASE and FINETUNED (HF model folders or Hub ids)."""
     from lotavec.extraction import extract as run
 
@@ -40,7 +43,8 @@ def extract(base, finetuned, out, density, sparsity, all_changed, scope, include
     with progress_bar(not quiet and not as_json) as bar:
         r = run(base_dir, ft_dir, out, density=density, sparsity=sparsity, all_changed=all_changed, scope=scope,
                 include=include, exclude=exclude, embeddings=embeddings, lm_head=lm_head, norms=norms,
-                biases=biases, disjoint_from=others, values=values, base_ref=base_ref, progress=bar)
+                biases=biases, disjoint_from=others, values=values, base_ref=base_ref,
+                full_digest=full_digest, progress=bar)
     import os
 
     size = os.path.getsize(r.path)

@@ -19,8 +19,10 @@ import numpy as np
 from ._version import __version__
 from .errors import DisjointnessError, SelectionError
 from .format.dtypes import TICKET_DTYPES, to_float32
-from .mask import Candidate, iter_topk, resolve_k, select_changed, select_topk
+from .format.fingerprint import base_digest, base_sample
+from .mask import Candidate, iter_topk, iter_values, resolve_k, select_changed, select_topk
 from .models import TensorSource, check_compatible, open_model, select_candidates
+from .native import kernels
 from .ticket import Ticket, TicketTensor, TicketWriter, load_ticket
 
 Progress = Callable[[str, int, int], None] | None
@@ -72,6 +74,20 @@ def _scores(base: TensorSource, ft: TensorSource, name: str, dtype: str) -> Call
         return out
 
     return compute
+
+
+def _candidate(bsrc: TensorSource, fsrc: TensorSource, name: str, exclude: np.ndarray | None) -> Candidate:
+    dtype = bsrc.info(name)[0]
+
+    def pair() -> tuple[np.ndarray, np.ndarray, str]:
+        return bsrc.array(name).reshape(-1), fsrc.array(name).reshape(-1), dtype
+
+    def release() -> None:
+        bsrc.release(name)
+        fsrc.release(name)
+
+    return Candidate(name, bsrc.numel(name), _scores(bsrc, fsrc, name, dtype), exclude, pair=pair,
+                     release=release)
 
 
 def _abs_delta(base: np.ndarray, finetuned: np.ndarray, dtype: str) -> np.ndarray:
@@ -146,7 +162,7 @@ def extract(base: Any, finetuned: Any, out: str | os.PathLike | None = None, *,
             embeddings: bool = False, lm_head: bool = False, norms: bool = False, biases: bool = False,
             disjoint_from: Sequence[Any] = (), values: str = "ulpdiff",
             base_ref: dict[str, Any] | None = None, provenance: dict[str, Any] | None = None,
-            progress: Progress = None) -> ExtractResult:
+            full_digest: bool = False, progress: Progress = None) -> ExtractResult:
     """Build a ticket from a base and a fine-tuned model.
 
     Args:
@@ -163,6 +179,9 @@ def extract(base: Any, finetuned: Any, out: str | os.PathLike | None = None, *,
         values: ``"ulpdiff"`` (default, lossless) or ``"raw"`` (lossless, base-free).
         base_ref: ``{"repo_id", "revision"}`` of the base, recorded in the ticket.
         provenance: extra provenance merged into the ticket's.
+        full_digest: also record each base tensor's full blake2b digest (``base_digest``: one more
+            read of every selected base tensor). By default only the sampled fingerprint is
+            recorded, and ``lotavec verify --base --full`` / merge ``verify_base`` check only that.
         progress: ``progress(stage, done, total)``.
 
     Returns:
@@ -188,9 +207,8 @@ def extract(base: Any, finetuned: Any, out: str | os.PathLike | None = None, *,
         if not names:
             raise SelectionError("no candidate tensors: check --include/--exclude and the model's dtype (BF16/F16/F32)")
         excl, labels = exclusions(disjoint_from, names)
-        cands = [Candidate(n, bsrc.numel(n), _scores(bsrc, fsrc, n, bsrc.info(n)[0]), excl.get(n)) for n in names]
-        selection = _selection(cands, all_changed=all_changed, density=density, sparsity=sparsity, k=k,
-                               scope=scope, progress=progress)
+        cands = [_candidate(bsrc, fsrc, n, excl.get(n)) for n in names]
+        how = dict(all_changed=all_changed, density=density, sparsity=sparsity, k=k, scope=scope, progress=progress)
         cand_params = sum(c.numel for c in cands)
         sel_info = {
             "rule": "all_changed" if all_changed else "topk_abs_delta",
@@ -211,7 +229,11 @@ def extract(base: Any, finetuned: Any, out: str | os.PathLike | None = None, *,
         }
         ref = dict(base_ref or {})
         per_tensor: dict[str, int] = {}
-        tensors = _ticket_tensors(bsrc, fsrc, selection, per_tensor, values, progress, len(names))
+        if kernels("select") is not None:  # selection and values in one pass, on two threads
+            tensors = _native_tensors(bsrc, cands, per_tensor, values, full_digest, how)
+        else:
+            tensors = _ticket_tensors(bsrc, fsrc, _selection(cands, **how), per_tensor, values, progress,
+                                      len(names), full_digest)
         if out is not None:
             with TicketWriter(out, base=ref, provenance=prov) as w:
                 for t in tensors:
@@ -254,8 +276,25 @@ def _record_selected(sel_info: dict[str, Any], per_tensor: dict[str, int], cand_
     sel_info["selected_density"] = nnz / cand_params if cand_params else 0.0
 
 
+def _native_tensors(bsrc: TensorSource, cands: list[Candidate], per_tensor: dict[str, int], values: str,
+                    full_digest: bool, how: dict[str, Any]):
+    """Like :func:`_ticket_tensors`, with the values read by the selection's last pass."""
+    for n, idx, payload in iter_values(cands, values=values, **how):
+        per_tensor[n] = int(idx.size)
+        if idx.size:
+            dtype, shape = bsrc.info(n)
+            b = bsrc.array(n)
+            yield TicketTensor(n, tuple(shape), dtype, idx, values, payload, base_sample(b),
+                               base_digest(b) if full_digest else None)
+            bsrc.release(n)
+        del idx, payload
+        if how["progress"]:
+            how["progress"]("write", len(per_tensor), len(cands))
+
+
 def _ticket_tensors(bsrc: TensorSource, fsrc: TensorSource, selection: Iterable[tuple[str, np.ndarray]],
-                    per_tensor: dict[str, int], values: str, progress: Progress, total: int):
+                    per_tensor: dict[str, int], values: str, progress: Progress, total: int,
+                    full_digest: bool = False):
     """Ticket tensors of the non-empty selections; fills ``per_tensor`` with every count."""
     for i, (n, idx) in enumerate(selection):
         per_tensor[n] = int(idx.size)
@@ -263,7 +302,8 @@ def _ticket_tensors(bsrc: TensorSource, fsrc: TensorSource, selection: Iterable[
             dtype = bsrc.info(n)[0]
             b = bsrc.array(n)
             f = fsrc.array(n).reshape(-1)
-            yield TicketTensor.from_finetuned(n, b, np.take(f, idx), idx, dtype, values=values)
+            yield TicketTensor.from_finetuned(n, b, np.take(f, idx), idx, dtype, values=values,
+                                              digest=full_digest, trusted_indices=True)
             bsrc.release(n)
             fsrc.release(n)
         del idx

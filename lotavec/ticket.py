@@ -82,7 +82,8 @@ class TicketTensor:
 
     @classmethod
     def from_finetuned(cls, name: str, base: np.ndarray, finetuned: np.ndarray, indices: np.ndarray, dtype: str,
-                       *, values: str = "ulpdiff", fingerprint: bool = True) -> TicketTensor:
+                       *, values: str = "ulpdiff", fingerprint: bool = True, digest: bool = True,
+                       trusted_indices: bool = False) -> TicketTensor:
         """Build from the full base tensor and the fine-tuned tensor (full, or values at ``indices``).
 
         Args:
@@ -91,7 +92,12 @@ class TicketTensor:
             indices: flat indices to keep.
             dtype: spec dtype of both tensors.
             values: ``"ulpdiff"`` or ``"raw"`` (lossless) or ``"f32delta"``.
-            fingerprint: record the base fingerprints (sample and full digest).
+            fingerprint: record the base fingerprints (the sample, and the full digest if ``digest``).
+            digest: with ``fingerprint``, also hash every byte of the base (``base_digest``; one
+                more read of the tensor). Without it only the sampled fingerprint is recorded.
+            trusted_indices: ``indices`` are known to be strictly increasing int64 in range (e.g.
+                a selection just computed); skips their validation (the ticket writer checks
+                them again).
         """
         if dtype not in TICKET_DTYPES:
             raise FormatError(f"tensor {name!r}: dtype {dtype} cannot be stored in a ticket (BF16, F16, F32 only)")
@@ -101,7 +107,7 @@ class TicketTensor:
                 f"tensor {name!r}: {dtype} needs storage {want}, got base {base.dtype} / fine-tuned {finetuned.dtype}"
             )
         shape = tuple(base.shape)
-        idx = check_indices(name, indices, math.prod(shape))
+        idx = indices if trusted_indices else check_indices(name, indices, math.prod(shape))
         bflat = base.reshape(-1)
         fvals = finetuned.reshape(-1)
         if fvals.size == bflat.size and fvals.size != idx.size:
@@ -117,7 +123,7 @@ class TicketTensor:
             payload = to_float32(fvals, dtype) - to_float32(b, dtype)
         else:
             raise FormatError(f"unknown value codec {values!r}; use one of {VALUE_CODECS}")
-        fp = (base_sample(base), base_digest(base)) if fingerprint else (None, None)
+        fp = (base_sample(base), base_digest(base) if digest else None) if fingerprint else (None, None)
         return cls(name, shape, dtype, idx, values, payload, *fp)
 
     @classmethod

@@ -42,7 +42,7 @@ def cli_kit(tmp_path_factory, tiny_pair):
     root = tmp_path_factory.mktemp("cli_kit")
     base, ft1 = tiny_pair
     ft2 = make_finetuned(base, root / "ft2", density=0.1, seed=2)
-    lotavec.extract(base, ft1, root / "a.lota", density=0.05)
+    lotavec.extract(base, ft1, root / "a.lota", density=0.05, full_digest=True)  # verify --base checks it
     lotavec.extract(base, ft2, root / "b.lota", density=0.05, disjoint_from=[root / "a.lota"])
     lotavec.extract(base, ft2, root / "c.lota", density=0.05)
     return {"base": base, "ft1": ft1, "ft2": ft2, "A": root / "a.lota", "B": root / "b.lota", "C": root / "c.lota",

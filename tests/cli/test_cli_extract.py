@@ -99,3 +99,18 @@ def test_overlap_text_and_disjoint(lotavec_cli, cli_kit):
     r = lotavec_cli("overlap", cli_kit["A"], cli_kit["C"], "--base", cli_kit["base"], "--density", "0.5")
     assert r.exit_code == 0, r.output
     assert "TIES" in r.output and "trimmed" in r.output
+
+
+def test_extract_full_digest_flag(lotavec_cli, cli_kit, tmp_path):
+    from lotavec.format.fingerprint import base_digest
+    from lotavec.models import open_model
+
+    for flag, want in (((), False), (("--full-digest",), True)):
+        out = tmp_path / f"t{want}.lota"
+        r = lotavec_cli("extract", cli_kit["base"], cli_kit["ft1"], "-o", out, "--density", "0.05", "-q", *flag)
+        assert r.exit_code == 0, r.output
+        t = lotavec.load_ticket(out)
+        with open_model(cli_kit["base"]) as src:
+            for n in t.names:
+                assert t[n].base_digest == (base_digest(src.array(n)) if want else None)
+                assert t[n].base_sample is not None
