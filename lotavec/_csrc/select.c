@@ -94,19 +94,26 @@ int64_t lv_sel_scan(const void *base, const void *ft, int64_t n, int32_t dtype, 
         }
         int64_t nx = (ex && j < nex && ex[j] < s + m) ? mark_excluded(ex, nex, &j, s, m, keep) : 0;
         if (mode == 0) {
-            if (nx) {
-                for (int64_t i = 0; i < m; i++) {
-                    if (!keep[i]) continue;
-                    if (keys[i] == 0) zeros++; else hist[keys[i] >> 16]++;
-                }
-            } else {
-                for (int64_t i = 0; i < m; i++) {
-                    if (keys[i] == 0) zeros++; else hist[keys[i] >> 16]++;
-                }
+            /* compact the non-zero keys first: unchanged entries (often most) cost no histogram
+             * update, and the histogram loop has no unpredictable branch */
+            uint32_t nz[BLOCK];
+            int64_t c = 0;
+            if (nx)
+                for (int64_t i = 0; i < m; i++) keys[i] &= 0u - (uint32_t)keep[i];
+            for (int64_t i = 0; i < m; i++) {
+                nz[c] = keys[i];
+                c += keys[i] != 0;
             }
+            zeros += (m - nx) - c;
+            for (int64_t i = 0; i < c; i++) hist[nz[i] >> 16]++;
         } else if (mode == 1) {
-            for (int64_t i = 0; i < m; i++)
-                if ((keys[i] >> 16) == param && (!nx || keep[i])) hist[keys[i] & 0xFFFFu]++;
+            uint32_t in[BLOCK];
+            int64_t c = 0;
+            for (int64_t i = 0; i < m; i++) {
+                in[c] = keys[i];
+                c += ((keys[i] >> 16) == param) & (!nx || keep[i]);
+            }
+            for (int64_t i = 0; i < c; i++) hist[in[i] & 0xFFFFu]++;
         } else {
             for (int64_t i = 0; i < m; i++) eq += (keys[i] == param) & (!nx || keep[i]);
         }
@@ -118,7 +125,7 @@ int64_t lv_sel_scan(const void *base, const void *ft, int64_t n, int32_t dtype, 
 /* Emit, in flat order, the eligible entries with key > t and the first `quota` with key == t.
  * idx_out gets their flat indices; when vals_mode is 1 or 2, vals_out gets per entry the
  * fine-tuned bits (1) or the wrap-around difference fine-tuned bits - base bits (2), in the
- * storage width (2 bytes for BF16/F16, 4 for F32). idx_out/vals_out need room for one entry more
+ * storage width (2 bytes for BF16/F16, 4 for F32). quota = INT64_MAX takes every tie. idx_out/vals_out need room for one entry more
  * than are eligible. Returns the number emitted, or -1 - (flat index of the first non-finite score). */
 int64_t lv_sel_emit(const void *base, const void *ft, int64_t n, int32_t dtype, const int64_t *ex,
                     int64_t nex, uint32_t t, int64_t quota, int64_t *idx_out, int32_t vals_mode,
@@ -134,13 +141,25 @@ int64_t lv_sel_emit(const void *base, const void *ft, int64_t n, int32_t dtype, 
         }
         int64_t nx = (ex && j < nex && ex[j] < s + m) ? mark_excluded(ex, nex, &j, s, m, keep) : 0;
         int64_t c0 = c;
-        for (int64_t i = 0; i < m; i++) {
-            uint32_t k = keys[i];
-            int64_t el = nx ? keep[i] : 1;
-            int64_t tie = (k == t) & (q > 0) & el;
-            q -= tie;
-            idx_out[c] = s + i;
-            c += ((k > t) & el) | tie;
+        if (nx || (q > 0 && q != INT64_MAX)) { /* ties to count (or exclusions): general loop */
+            for (int64_t i = 0; i < m; i++) {
+                uint32_t k = keys[i];
+                int64_t el = nx ? keep[i] : 1;
+                int64_t tie = (k == t) & (q > 0) & el;
+                q -= tie;
+                idx_out[c] = s + i;
+                c += ((k > t) & el) | tie;
+            }
+        } else if (q == 0) { /* no more ties: keys > t */
+            for (int64_t i = 0; i < m; i++) {
+                idx_out[c] = s + i;
+                c += keys[i] > t;
+            }
+        } else { /* every tie: keys >= t */
+            for (int64_t i = 0; i < m; i++) {
+                idx_out[c] = s + i;
+                c += keys[i] >= t;
+            }
         }
         if (vals_mode) {
             /* second loop over this block's emitted indices: keeps the first loop branch-free */

@@ -139,11 +139,12 @@ def _iter_ordered(cands: Sequence, fn: Callable, progress: Progress, stage: str,
 
 
 def _shares(counts: list[int], r: int) -> list[int]:
-    """Ties taken from each candidate: the first ``r`` in candidate order."""
+    """Ties taken from each candidate: the first ``r`` in candidate order (``_ALL``: all of its
+    ties, which lets the kernel skip counting them)."""
     out = []
     for n in counts:
         q = min(n, r)
-        out.append(q)
+        out.append(_ALL if q == n else q)
         r -= q
     return out
 
