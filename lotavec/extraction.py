@@ -76,13 +76,19 @@ def _scores(base: TensorSource, ft: TensorSource, name: str, dtype: str) -> Call
     return compute
 
 
-def _candidate(bsrc: TensorSource, fsrc: TensorSource, name: str, exclude: np.ndarray | None) -> Candidate:
+def _candidate(bsrc: TensorSource, fsrc: TensorSource, name: str, exclude: np.ndarray | None,
+               samples: dict[str, str]) -> Candidate:
+    """A candidate whose passes read the storage arrays directly (compiled kernels)."""
     dtype = bsrc.info(name)[0]
 
     def pair() -> tuple[np.ndarray, np.ndarray, str]:
         return bsrc.array(name).reshape(-1), fsrc.array(name).reshape(-1), dtype
 
     def release() -> None:
+        # The base's sampled fingerprint is taken while its pages are still mapped in (after the
+        # release, its 4096 scattered reads would each fault a page back in).
+        if name not in samples:
+            samples[name] = base_sample(bsrc.array(name))
         bsrc.release(name)
         fsrc.release(name)
 
@@ -207,7 +213,8 @@ def extract(base: Any, finetuned: Any, out: str | os.PathLike | None = None, *,
         if not names:
             raise SelectionError("no candidate tensors: check --include/--exclude and the model's dtype (BF16/F16/F32)")
         excl, labels = exclusions(disjoint_from, names)
-        cands = [_candidate(bsrc, fsrc, n, excl.get(n)) for n in names]
+        samples: dict[str, str] = {}
+        cands = [_candidate(bsrc, fsrc, n, excl.get(n), samples) for n in names]
         how = dict(all_changed=all_changed, density=density, sparsity=sparsity, k=k, scope=scope, progress=progress)
         cand_params = sum(c.numel for c in cands)
         sel_info = {
@@ -230,7 +237,7 @@ def extract(base: Any, finetuned: Any, out: str | os.PathLike | None = None, *,
         ref = dict(base_ref or {})
         per_tensor: dict[str, int] = {}
         if kernels("select") is not None:  # selection and values in one pass, on two threads
-            tensors = _native_tensors(bsrc, cands, per_tensor, values, full_digest, how)
+            tensors = _native_tensors(bsrc, cands, per_tensor, values, full_digest, samples, how)
         else:
             tensors = _ticket_tensors(bsrc, fsrc, _selection(cands, **how), per_tensor, values, progress,
                                       len(names), full_digest)
@@ -277,16 +284,18 @@ def _record_selected(sel_info: dict[str, Any], per_tensor: dict[str, int], cand_
 
 
 def _native_tensors(bsrc: TensorSource, cands: list[Candidate], per_tensor: dict[str, int], values: str,
-                    full_digest: bool, how: dict[str, Any]):
+                    full_digest: bool, samples: dict[str, str], how: dict[str, Any]):
     """Like :func:`_ticket_tensors`, with the values read by the selection's last pass."""
     for n, idx, payload in iter_values(cands, values=values, **how):
         per_tensor[n] = int(idx.size)
         if idx.size:
             dtype, shape = bsrc.info(n)
-            b = bsrc.array(n)
-            yield TicketTensor(n, tuple(shape), dtype, idx, values, payload, base_sample(b),
-                               base_digest(b) if full_digest else None)
-            bsrc.release(n)
+            digest = None
+            if full_digest:
+                digest = base_digest(bsrc.array(n))
+                bsrc.release(n)
+            sample = samples.get(n) or base_sample(bsrc.array(n))
+            yield TicketTensor(n, tuple(shape), dtype, idx, values, payload, sample, digest)
         del idx, payload
         if how["progress"]:
             how["progress"]("write", len(per_tensor), len(cands))
