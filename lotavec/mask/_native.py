@@ -122,7 +122,7 @@ def _iter_ordered(cands: Sequence, fn: Callable, progress: Progress, stage: str,
         try:
             for c in todo:
                 pending.append(pool.submit(fn, c))
-                if len(pending) >= max(window, WORKERS + 1):
+                if len(pending) >= max(window, WORKERS):
                     break
             done = 0
             while pending:
@@ -208,7 +208,7 @@ def iter_global(cands: Sequence, k: int, progress: Progress,
     q = dict(zip((id(c) for c in cands), quotas))
     found = 0
     for idx, vals in _iter_ordered(cands, lambda c: emit(c, t, q[id(c)], values), progress, stage,
-                                   window=WORKERS + 1):
+                                   window=WORKERS):
         found += idx.size
         yield idx, vals
     if found != k:
@@ -226,11 +226,11 @@ def iter_tensor(cands: Sequence, dens: Fraction, progress: Progress,
         kt = min(_half_up(dens * c.numel), c.eligible)
         return list(iter_global([c], kt, None, values))[0]
 
-    yield from _iter_ordered(cands, one, progress, "select (per tensor)", window=WORKERS + 1)
+    yield from _iter_ordered(cands, one, progress, "select (per tensor)", window=WORKERS)
 
 
 def iter_changed(cands: Sequence, progress: Progress,
                  values: str | None = None) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
     """Every eligible entry with a non-zero key, in candidate order."""
     yield from _iter_ordered(cands, lambda c: emit(c, 0, 0, values), progress, "select changed",
-                             window=WORKERS + 1)
+                             window=WORKERS)
