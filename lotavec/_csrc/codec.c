@@ -132,6 +132,88 @@ int64_t lv_apply32(uint32_t *out, const uint32_t *base, const int64_t *idx, cons
     return changed;
 }
 
+/* The exact `sum` of T lossless tickets into one tensor, fused and in cache-sized blocks (the
+ * numpy twin is lotavec.merge.engine._exact_sum_values):
+ *   out = base, then per entry: one ticket touches it -> the fine-tuned bits (ulpdiff: base + diff,
+ *   raw: the bits); two tickets -> round(f32(base) + (d1 + d2)) with di = f32(fine-tuned_i) - f32(base)
+ *   when `float_ok` (BF16, F32; the sum of two terms does not depend on their order, so this equals
+ *   the float route of merge_tensor); otherwise (three or more tickets, or F16) the entry is left at
+ *   the base and reported in shared[t][...] (positions j in ticket t), for the caller's float route.
+ * width: 2 (BF16/F16 bits) or 4 (F32 bits); is_bf16 selects the rounding of the two-ticket route.
+ * err[0] = 0 on success, 1: a ticket's fine-tuned value is Inf/NaN, 2: a two-ticket sum overflows;
+ * then err[1] = ticket, err[2] = flat index. Returns the number of changed entries. */
+#define LV_BLOCK 65536
+static inline float lv_f32_of(uint32_t bits, int width) {
+    uint32_t u = width == 2 ? bits << 16 : bits;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+static inline uint32_t lv_bits_of(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+
+int64_t lv_sum(void *out_, const void *base_, int64_t n, int32_t width, int32_t is_bf16, int32_t float_ok,
+               int32_t T, const int64_t *const *idx, const void *const *payload, const int64_t *nnz,
+               const int32_t *modes, int64_t *const *shared, int64_t *nshared, int64_t *err) {
+    static __thread uint8_t cnt[LV_BLOCK];
+    static __thread float acc[LV_BLOCK];
+    int64_t pos[64];
+    int64_t changed = 0;
+    const uint32_t expmask = width == 2 ? (is_bf16 ? 0x7F80u : 0x7C00u) : 0x7F800000u;
+    const uint32_t magmask = width == 2 ? 0x7FFFu : 0x7FFFFFFFu;
+    uint16_t *o16 = (uint16_t *)out_; const uint16_t *b16 = (const uint16_t *)base_;
+    uint32_t *o32 = (uint32_t *)out_; const uint32_t *b32 = (const uint32_t *)base_;
+    err[0] = 0;
+    if (T > 64) { err[0] = 3; return 0; }
+    for (int t = 0; t < T; t++) { pos[t] = 0; nshared[t] = 0; }
+    for (int64_t b0 = 0; b0 < n; b0 += LV_BLOCK) {
+        int64_t b1 = b0 + LV_BLOCK < n ? b0 + LV_BLOCK : n;
+        memcpy((char *)out_ + b0 * width, (const char *)base_ + b0 * width, (size_t)(b1 - b0) * width);
+        int64_t end[64];
+        for (int t = 0; t < T; t++) {
+            int64_t j = pos[t];
+            while (j < nnz[t] && idx[t][j] < b1) j++;
+            end[t] = j;
+        }
+        if (T > 1) {
+            memset(cnt, 0, (size_t)(b1 - b0));
+            for (int t = 0; t < T; t++)
+                for (int64_t j = pos[t]; j < end[t]; j++) { uint8_t *c = cnt + (idx[t][j] - b0); *c += (*c < 127); }
+        }
+        for (int t = 0; t < T; t++) {
+            const uint16_t *p16 = (const uint16_t *)payload[t];
+            const uint32_t *p32 = (const uint32_t *)payload[t];
+            int mode = modes[t];
+            for (int64_t j = pos[t]; j < end[t]; j++) {
+                int64_t i = idx[t][j], e = i - b0;
+                uint32_t bb = width == 2 ? b16[i] : b32[i];
+                uint32_t pv = width == 2 ? p16[j] : p32[j];
+                uint32_t f = mode ? pv : (width == 2 ? (uint16_t)(bb + pv) : bb + pv);
+                int c = T > 1 ? (cnt[e] & 127) : 1;
+                if (c <= 1 || (c == 2 && float_ok)) {
+                    if ((f & expmask) == expmask) { err[0] = 1; err[1] = t; err[2] = i; return changed; }
+                }
+                if (c <= 1) {
+                    if (width == 2) o16[i] = (uint16_t)f; else o32[i] = f;
+                    changed += (f != bb) & (((f | bb) & magmask) != 0);
+                } else if (c == 2 && float_ok) {
+                    float d = lv_f32_of(f, width) - lv_f32_of(bb, width);
+                    if (!(cnt[e] & 128)) { acc[e] = d; cnt[e] |= 128; continue; }
+                    float r = lv_f32_of(bb, width) + (acc[e] + d);
+                    uint32_t rb = lv_bits_of(r), nb;
+                    if (width == 2) nb = (rb + 0x7FFFu + ((rb >> 16) & 1u)) >> 16; else nb = rb;
+                    if ((nb & expmask) == expmask) { err[0] = 2; err[1] = t; err[2] = i; return changed; }
+                    if (width == 2) { o16[i] = (uint16_t)nb; changed += nb != bb; }
+                    else { o32[i] = nb; changed += lv_f32_of(nb, 4) != lv_f32_of(bb, 4); }
+                } else {
+                    shared[t][nshared[t]++] = j;
+                }
+            }
+            pos[t] = end[t];
+        }
+    }
+    return changed;
+}
+
 /* A valid (empty) extension module, so that setuptools builds and installs this file like any
  * other; lotavec uses it only through ctypes. */
 static struct PyModuleDef lv_module = {PyModuleDef_HEAD_INIT, "_ccodec", NULL, -1, NULL};

@@ -143,7 +143,8 @@ def decode_gaps(data: bytes | memoryview, nnz: int, length: int, what: str, widt
     lib = native.kernels("codec")
     if lib is not None:
         idx = np.empty(nnz, dtype=np.int64) if out is None else out
-        last = lib.lv_gaps_decode(native.ptr(np.frombuffer(raw, np.uint8)), width, nnz, offset, native.ptr(idx))
+        src = np.frombuffer(raw, np.uint8)
+        last = lib.lv_gaps_decode(native.ptr(src), width, nnz, offset, native.ptr(idx))
     else:
         gaps = unshuffle(raw, np.dtype(f"<u{width}"), nnz)
         idx = np.cumsum(gaps, dtype=np.int64, out=out)

@@ -43,7 +43,6 @@ from .registry import get_method
 
 Progress = Callable[[str, int, int], None] | None
 _DTYPE_NAMES = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}
-_EXP_MASK = {"BF16": 0x7F80, "F16": 0x7C00, "F32": 0x7F800000}
 
 
 @dataclass
@@ -245,44 +244,50 @@ def _exact_sum_values(name: str, flat: np.ndarray, dtype: str, parts: list[Ticke
 
 def _exact_sum_native(lib, name: str, flat: np.ndarray, dtype: str, parts: list[TicketTensor | None],
                       live: list[tuple[int, TicketTensor]], params: MergeParams) -> tuple[np.ndarray, int]:
-    """:func:`_exact_sum_values` with the compiled kernels: one pass per ticket over its entries.
+    """:func:`_exact_sum_values` with the compiled kernel ``lv_sum``: copy, count and apply fused
+    in cache-sized blocks, one pass over the tensor.
 
-    Entries of one ticket alone get the fine-tuned bits; entries several tickets share are left
-    at the base by the kernel and merged by the float route of :func:`merge_tensor`.
+    Entries one ticket touches get the fine-tuned bits; entries two tickets share are summed in
+    float32 by the kernel (BF16/F32; the same arithmetic as the float route). Entries of three or
+    more tickets (or shared F16 entries) are left at the base by the kernel and merged here by the
+    float route of :func:`merge_tensor`.
     """
-    out = flat.copy()
-    bits = BITS[dtype]
-    ob, bb = out.view(bits), flat.view(bits)
-    count = None
-    if len(live) > 1:
-        count = np.zeros(flat.size, np.uint8)
-        for _, tt in live:
-            lib.lv_count(native.ptr(count), native.ptr(tt.indices), tt.indices.size)
-    apply = lib.lv_apply16 if bits == np.uint16 else lib.lv_apply32
-    expmask = _EXP_MASK[dtype]
-    changed = 0
+    out = np.empty_like(flat)
+    t = len(live)
+    idx = [np.ascontiguousarray(tt.indices, dtype=np.int64) for _, tt in live]
+    pls = [np.ascontiguousarray(tt.payload).view(BITS[dtype]) for _, tt in live]
+    shared = [np.empty(i.size if t > 1 else 0, np.int64) for i in idx]
+    arr = ctypes.c_void_p * t
+    nshared = np.zeros(t, np.int64)
+    err = np.zeros(3, np.int64)
+    # Every buffer handed to the kernel is bound to a name here, so it outlives the call.
+    nnz = np.array([i.size for i in idx], np.int64)
+    modes = np.array([1 if tt.values == "raw" else 0 for _, tt in live], np.int32)
+    idx_p, pl_p, sh_p = arr(*map(native.ptr, idx)), arr(*map(native.ptr, pls)), arr(*map(native.ptr, shared))
+    changed = lib.lv_sum(
+        native.ptr(out), native.ptr(flat), flat.size, np.dtype(BITS[dtype]).itemsize, int(dtype == "BF16"),
+        int(dtype in ("BF16", "F32")), t,
+        idx_p, pl_p, native.ptr(nnz), native.ptr(modes), sh_p, native.ptr(nshared), native.ptr(err))
+    if err[0] == 1:
+        raise CorruptTicketError(
+            f"tensor {name!r}: applying ticket {live[int(err[1])][0] + 1} gives a non-finite value at flat index "
+            f"{int(err[2])}; the base is not the one this ticket was made from, or the ticket is corrupt")
+    if err[0] == 2:
+        raise MergeConfigError(
+            f"tensor {name!r}: the merged values overflow {dtype} (Inf/NaN) at flat index {int(err[2])}; "
+            "lower the weights or --lambda")
+    if err[0]:
+        raise MergeConfigError(f"tensor {name!r}: too many tickets for the compiled sum ({t})")
     floats: list[SparseDelta | None] = [None] * len(parts)
-    ns = ctypes.c_int64(0)
-    for i, tt in live:
-        idx = np.ascontiguousarray(tt.indices, dtype=np.int64)
-        pl = np.ascontiguousarray(tt.payload).view(bits)
-        shared = np.empty(idx.size if count is not None else 0, np.int64)
-        r = apply(native.ptr(ob), native.ptr(bb), native.ptr(idx), native.ptr(pl), idx.size,
-                  1 if tt.values == "raw" else 0, expmask,
-                  native.ptr(count) if count is not None else None, native.ptr(shared), ctypes.byref(ns))
-        if r < 0:
-            raise CorruptTicketError(
-                f"tensor {name!r}: applying the ticket gives non-finite values (flat index {int(idx[-r - 1])}); "
-                "the base is not the one this ticket was made from, or the ticket is corrupt")
-        changed += int(r)
-        if ns.value:
-            pos = shared[: ns.value]
-            sub = replace(tt, indices=np.take(idx, pos), payload=np.take(tt.payload, pos))
+    for k, (i, tt) in enumerate(live):
+        if nshared[k]:
+            pos = shared[k][: nshared[k]]
+            sub = replace(tt, indices=np.take(idx[k], pos), payload=np.take(tt.payload, pos))
             floats[i] = SparseDelta(sub.indices, sub.delta(np.take(flat, sub.indices)), flat.size)
     if any(f is not None for f in floats):
         merged = merge_tensor(name, floats, params)
         changed += _put_sum(out, flat, dtype, dtype, merged, name)
-    return out, changed
+    return out, int(changed)
 
 
 def merge(base: Any, tickets: Sequence[Any], out_dir: str | os.PathLike, *, params: MergeParams | None = None,

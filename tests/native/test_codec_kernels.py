@@ -134,3 +134,17 @@ def test_exact_sum_refuses_non_finite_results_on_both_paths(monkeypatch):
         monkeypatch.setenv(native.ENV, env)
         with pytest.raises(CorruptTicketError, match="non-finite"):
             merge_tensor_values("w", base, "BF16", "BF16", [tt], params, None)
+
+
+def test_two_ticket_overflow_refused_on_both_paths(monkeypatch):
+    from lotavec.errors import MergeConfigError
+
+    base = np.full(64, 0x7F00, np.uint16)  # bf16 ≈ 1.7e38; each ticket alone stays finite
+    idx = np.arange(0, 64, 2, dtype=np.int64)
+    t1 = TicketTensor("w", (64,), "BF16", idx, "ulpdiff", np.full(idx.size, 0x70, np.uint16))
+    t2 = TicketTensor("w", (64,), "BF16", idx, "ulpdiff", np.full(idx.size, 0x70, np.uint16))
+    params = MergeParams(method="sum", weights=(1.0, 1.0))
+    for env in ("1", "0"):
+        monkeypatch.setenv(native.ENV, env)
+        with pytest.raises(MergeConfigError, match="overflow"):
+            merge_tensor_values("w", base, "BF16", "BF16", [t1, t2], params, None)
