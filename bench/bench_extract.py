@@ -113,11 +113,17 @@ def bench_pair(kind: str, density: float, repeat: int, tmp: Path) -> dict:
     }
 
 
+def _kernels() -> str:
+    from lotavec import native
+
+    return "compiled (lotavec/_csrc/select.c)" if native.kernels("select") is not None else "numpy (LOTAVEC_NATIVE=0 or not built)"
+
+
 def table(rows: list[dict], density: float, repeat: int) -> str:
     lines = [
         f"Extraction at density {density:g} (global top-k), best of {repeat} interleaved runs; "
         f"{datetime.date.today()}, {os.cpu_count()} cores, {platform.machine()}, load avg "
-        f"{os.getloadavg()[0]:.1f} at the end.",
+        f"{os.getloadavg()[0]:.1f} at the end; selection kernels: {_kernels()}.",
         "",
         "| pair | both models | page cache | read floor wall (CPU) | extract wall (CPU) | ratio wall | ratio CPU "
         "| selected |",

@@ -38,6 +38,9 @@ VALUES = {None: 0, "raw": 1, "ulpdiff": 2}
 _ALL = np.iinfo(np.int64).max
 _NONE_ABOVE = 0xFFFFFFFF  # no finite key is above it
 WORKERS = 2
+#: Candidates emitted ahead of the consumer: one, so that at most two selections (the one being
+#: consumed and the next) are held; the consumer (the ticket writer) uses the other core.
+EMIT_AHEAD = 1
 
 
 def usable(cands: Sequence) -> bool:
@@ -122,7 +125,7 @@ def _iter_ordered(cands: Sequence, fn: Callable, progress: Progress, stage: str,
         try:
             for c in todo:
                 pending.append(pool.submit(fn, c))
-                if len(pending) >= max(window, WORKERS):
+                if len(pending) >= max(window, 1):
                     break
             done = 0
             while pending:
@@ -208,7 +211,7 @@ def iter_global(cands: Sequence, k: int, progress: Progress,
     q = dict(zip((id(c) for c in cands), quotas))
     found = 0
     for idx, vals in _iter_ordered(cands, lambda c: emit(c, t, q[id(c)], values), progress, stage,
-                                   window=WORKERS):
+                                   window=EMIT_AHEAD):
         found += idx.size
         yield idx, vals
     if found != k:
@@ -226,11 +229,11 @@ def iter_tensor(cands: Sequence, dens: Fraction, progress: Progress,
         kt = min(_half_up(dens * c.numel), c.eligible)
         return list(iter_global([c], kt, None, values))[0]
 
-    yield from _iter_ordered(cands, one, progress, "select (per tensor)", window=WORKERS)
+    yield from _iter_ordered(cands, one, progress, "select (per tensor)", window=EMIT_AHEAD)
 
 
 def iter_changed(cands: Sequence, progress: Progress,
                  values: str | None = None) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
     """Every eligible entry with a non-zero key, in candidate order."""
     yield from _iter_ordered(cands, lambda c: emit(c, 0, 0, values), progress, "select changed",
-                             window=WORKERS)
+                             window=EMIT_AHEAD)
