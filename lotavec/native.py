@@ -35,7 +35,7 @@ SIGNATURES: dict[str, dict[str, tuple]] = {
         "lv_count": (None, [_P, _P, _I64]),
         "lv_apply16": (_I64, [_P, _P, _P, _P, _I64, _I32, ctypes.c_uint16, _P, _P, _P]),
         "lv_apply32": (_I64, [_P, _P, _P, _P, _I64, _I32, _U32, _P, _P, _P]),
-        "lv_sum": (_I64, [_P, _P, _I64, _I32, _I32, _I32, _I32, _P, _P, _P, _P, _P, _P, _P]),
+        "lv_sum": (_I64, [_P, _P, _I64, _I32, _I32, _I32, _I32, _P, _P, _P, _P, _P, _P, _P, _P, _P]),
     },
     "select": {
         "lv_sel_scan": (_I64, [_P, _P, _I64, _I32, _P, _I64, _I32, _U32, _P, _P]),

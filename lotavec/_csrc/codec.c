@@ -151,63 +151,91 @@ static inline float lv_f32_of(uint32_t bits, int width) {
 }
 static inline uint32_t lv_bits_of(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 
-int64_t lv_sum(void *out_, const void *base_, int64_t n, int32_t width, int32_t is_bf16, int32_t float_ok,
-               int32_t T, const int64_t *const *idx, const void *const *payload, const int64_t *nnz,
-               const int32_t *modes, int64_t *const *shared, int64_t *nshared, int64_t *err) {
-    static __thread uint8_t cnt[LV_BLOCK];
-    static __thread float acc[LV_BLOCK];
-    int64_t pos[64];
-    int64_t changed = 0;
-    const uint32_t expmask = width == 2 ? (is_bf16 ? 0x7F80u : 0x7C00u) : 0x7F800000u;
-    const uint32_t magmask = width == 2 ? 0x7FFFu : 0x7FFFFFFFu;
+/* One ticket's entries [j0, j1) of one block; `width` is a compile-time constant at each call. */
+static inline __attribute__((always_inline)) int64_t lv_sum_run(
+        int width, uint32_t expmask, void *restrict out_, const void *restrict base_, const int64_t *restrict idx,
+        const void *restrict payload, int64_t j0, int64_t j1, int mode, int multi, int float_ok, int64_t b0,
+        uint8_t *restrict cnt, float *restrict acc, int64_t *restrict shared, int64_t *ns, int64_t *err, int t) {
     uint16_t *o16 = (uint16_t *)out_; const uint16_t *b16 = (const uint16_t *)base_;
     uint32_t *o32 = (uint32_t *)out_; const uint32_t *b32 = (const uint32_t *)base_;
+    const uint16_t *p16 = (const uint16_t *)payload; const uint32_t *p32 = (const uint32_t *)payload;
+    const uint32_t magmask = width == 2 ? 0x7FFFu : 0x7FFFFFFFu;
+    int64_t changed = 0;
+    for (int64_t j = j0; j < j1; j++) {
+        int64_t i = idx[j];
+        uint32_t bb = width == 2 ? b16[i] : b32[i];
+        uint32_t pv = width == 2 ? p16[j] : p32[j];
+        uint32_t f = mode ? pv : (width == 2 ? (uint16_t)(bb + pv) : bb + pv);
+        int c = multi ? (cnt[i - b0] & 127) : 1;
+        if (c <= 1) {
+            if ((f & expmask) == expmask) { err[0] = 1; err[1] = t; err[2] = i; return changed; }
+            if (width == 2) o16[i] = (uint16_t)f; else o32[i] = f;
+            changed += (f != bb) & (((f | bb) & magmask) != 0);
+        } else if (c == 2 && float_ok) {
+            if ((f & expmask) == expmask) { err[0] = 1; err[1] = t; err[2] = i; return changed; }
+            int64_t e = i - b0;
+            float d = lv_f32_of(f, width) - lv_f32_of(bb, width);
+            if (!(cnt[e] & 128)) { acc[e] = d; cnt[e] |= 128; continue; }
+            float r = lv_f32_of(bb, width) + (acc[e] + d);
+            uint32_t rb = lv_bits_of(r);
+            uint32_t nb = width == 2 ? (rb + 0x7FFFu + ((rb >> 16) & 1u)) >> 16 : rb;
+            if ((nb & expmask) == expmask) { err[0] = 2; err[1] = t; err[2] = i; return changed; }
+            if (width == 2) { o16[i] = (uint16_t)nb; changed += nb != bb; }
+            else { o32[i] = nb; changed += lv_f32_of(nb, 4) != lv_f32_of(bb, 4); }
+        } else {
+            shared[(*ns)++] = j;
+        }
+    }
+    return changed;
+}
+
+/* The exact `sum` of T lossless tickets into one tensor, fused and in cache-sized blocks (the
+ * numpy twin is lotavec.merge.engine._exact_sum_values):
+ *   out = base, then per entry: one ticket touches it -> the fine-tuned bits (ulpdiff: base + diff,
+ *   raw: the bits); two tickets -> round(f32(base) + (d1 + d2)) with di = f32(fine-tuned_i) - f32(base)
+ *   when `float_ok` (BF16, F32; the sum of two terms does not depend on their order, so this equals
+ *   the float route of merge_tensor); otherwise (three or more tickets, or F16) the entry is left at
+ *   the base and reported in shared[t][...] (positions j in ticket t), for the caller's float route.
+ * width: 2 (BF16/F16 bits) or 4 (F32 bits); is_bf16 selects the exponent mask.
+ * err[0] = 0 on success, 1: a ticket's fine-tuned value is Inf/NaN, 2: a two-ticket sum overflows,
+ * 3: more than 64 tickets; then err[1] = ticket, err[2] = flat index. Returns the changed entries.
+ * cnt, acc: scratch of LV_BLOCK (65536) bytes and floats. */
+int64_t lv_sum(void *out_, const void *base_, int64_t n, int32_t width, int32_t is_bf16, int32_t float_ok,
+               int32_t T, const int64_t *const *idx, const void *const *payload, const int64_t *nnz,
+               const int32_t *modes, int64_t *const *shared, int64_t *nshared, int64_t *err,
+               uint8_t *restrict cnt, float *restrict acc) {
+    int64_t pos[64], end[64];
+    int64_t changed = 0;
+    const uint32_t expmask = width == 2 ? (is_bf16 ? 0x7F80u : 0x7C00u) : 0x7F800000u;
     err[0] = 0;
     if (T > 64) { err[0] = 3; return 0; }
     for (int t = 0; t < T; t++) { pos[t] = 0; nshared[t] = 0; }
     for (int64_t b0 = 0; b0 < n; b0 += LV_BLOCK) {
         int64_t b1 = b0 + LV_BLOCK < n ? b0 + LV_BLOCK : n;
         memcpy((char *)out_ + b0 * width, (const char *)base_ + b0 * width, (size_t)(b1 - b0) * width);
-        int64_t end[64];
-        for (int t = 0; t < T; t++) {
-            int64_t j = pos[t];
-            while (j < nnz[t] && idx[t][j] < b1) j++;
-            end[t] = j;
+        for (int t = 0; t < T; t++) {  /* entries of this block: binary search in the sorted indices */
+            const int64_t *ix = idx[t];
+            int64_t lo = pos[t], hi = nnz[t];
+            while (lo < hi) { int64_t mid = lo + (hi - lo) / 2; if (ix[mid] < b1) lo = mid + 1; else hi = mid; }
+            end[t] = lo;
         }
         if (T > 1) {
             memset(cnt, 0, (size_t)(b1 - b0));
-            for (int t = 0; t < T; t++)
-                for (int64_t j = pos[t]; j < end[t]; j++) { uint8_t *c = cnt + (idx[t][j] - b0); *c += (*c < 127); }
+            for (int t = 0; t < T; t++) {
+                const int64_t *ix = idx[t];
+                for (int64_t j = pos[t]; j < end[t]; j++) { uint8_t *c = cnt + (ix[j] - b0); *c += (*c < 127); }
+            }
         }
         for (int t = 0; t < T; t++) {
-            const uint16_t *p16 = (const uint16_t *)payload[t];
-            const uint32_t *p32 = (const uint32_t *)payload[t];
-            int mode = modes[t];
-            for (int64_t j = pos[t]; j < end[t]; j++) {
-                int64_t i = idx[t][j], e = i - b0;
-                uint32_t bb = width == 2 ? b16[i] : b32[i];
-                uint32_t pv = width == 2 ? p16[j] : p32[j];
-                uint32_t f = mode ? pv : (width == 2 ? (uint16_t)(bb + pv) : bb + pv);
-                int c = T > 1 ? (cnt[e] & 127) : 1;
-                if (c <= 1 || (c == 2 && float_ok)) {
-                    if ((f & expmask) == expmask) { err[0] = 1; err[1] = t; err[2] = i; return changed; }
-                }
-                if (c <= 1) {
-                    if (width == 2) o16[i] = (uint16_t)f; else o32[i] = f;
-                    changed += (f != bb) & (((f | bb) & magmask) != 0);
-                } else if (c == 2 && float_ok) {
-                    float d = lv_f32_of(f, width) - lv_f32_of(bb, width);
-                    if (!(cnt[e] & 128)) { acc[e] = d; cnt[e] |= 128; continue; }
-                    float r = lv_f32_of(bb, width) + (acc[e] + d);
-                    uint32_t rb = lv_bits_of(r), nb;
-                    if (width == 2) nb = (rb + 0x7FFFu + ((rb >> 16) & 1u)) >> 16; else nb = rb;
-                    if ((nb & expmask) == expmask) { err[0] = 2; err[1] = t; err[2] = i; return changed; }
-                    if (width == 2) { o16[i] = (uint16_t)nb; changed += nb != bb; }
-                    else { o32[i] = nb; changed += lv_f32_of(nb, 4) != lv_f32_of(bb, 4); }
-                } else {
-                    shared[t][nshared[t]++] = j;
-                }
-            }
+            int64_t r;
+            if (width == 2)
+                r = lv_sum_run(2, expmask, out_, base_, idx[t], payload[t], pos[t], end[t], modes[t], T > 1, float_ok,
+                               b0, cnt, acc, shared[t], &nshared[t], err, t);
+            else
+                r = lv_sum_run(4, expmask, out_, base_, idx[t], payload[t], pos[t], end[t], modes[t], T > 1, float_ok,
+                               b0, cnt, acc, shared[t], &nshared[t], err, t);
+            changed += r;
+            if (err[0]) return changed;
             pos[t] = end[t];
         }
     }

@@ -242,6 +242,10 @@ def _exact_sum_values(name: str, flat: np.ndarray, dtype: str, parts: list[Ticke
     return out, changed
 
 
+#: Block of the compiled sum (LV_BLOCK in lotavec/_csrc/codec.c): the size of its scratch arrays.
+_SUM_BLOCK = 1 << 16
+
+
 def _exact_sum_native(lib, name: str, flat: np.ndarray, dtype: str, parts: list[TicketTensor | None],
                       live: list[tuple[int, TicketTensor]], params: MergeParams) -> tuple[np.ndarray, int]:
     """:func:`_exact_sum_values` with the compiled kernel ``lv_sum``: copy, count and apply fused
@@ -264,10 +268,12 @@ def _exact_sum_native(lib, name: str, flat: np.ndarray, dtype: str, parts: list[
     nnz = np.array([i.size for i in idx], np.int64)
     modes = np.array([1 if tt.values == "raw" else 0 for _, tt in live], np.int32)
     idx_p, pl_p, sh_p = arr(*map(native.ptr, idx)), arr(*map(native.ptr, pls)), arr(*map(native.ptr, shared))
+    cnt, acc = np.empty(_SUM_BLOCK, np.uint8), np.empty(_SUM_BLOCK, np.float32)  # the kernel's scratch
     changed = lib.lv_sum(
         native.ptr(out), native.ptr(flat), flat.size, np.dtype(BITS[dtype]).itemsize, int(dtype == "BF16"),
         int(dtype in ("BF16", "F32")), t,
-        idx_p, pl_p, native.ptr(nnz), native.ptr(modes), sh_p, native.ptr(nshared), native.ptr(err))
+        idx_p, pl_p, native.ptr(nnz), native.ptr(modes), sh_p, native.ptr(nshared), native.ptr(err),
+        native.ptr(cnt), native.ptr(acc))
     if err[0] == 1:
         raise CorruptTicketError(
             f"tensor {name!r}: applying ticket {live[int(err[1])][0] + 1} gives a non-finite value at flat index "
