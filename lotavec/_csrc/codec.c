@@ -84,6 +84,61 @@ void lv_unshuffle(const uint8_t *raw, int32_t width, int64_t n, int32_t zigzag, 
     }
 }
 
+/* Encoder side of the gap codec: the largest gap of entries idx[0..n) of a chunk starting at
+ * `start` (g0 = idx0 - start, gj = idxj - idx(j-1) - 1). Returns -1 when the indices are not
+ * strictly increasing or leave [start, start + length) (callers validate first; this is a guard). */
+int64_t lv_gaps_max(const int64_t *idx, int64_t n, int64_t start, int64_t length) {
+    int64_t prev = start - 1, top = 0;
+    for (int64_t j = 0; j < n; j++) {
+        int64_t g = idx[j] - prev - 1;
+        if (g < 0) return -1;
+        top = g > top ? g : top;
+        prev = idx[j];
+    }
+    if (n && prev >= start + length) return -1;
+    return top;
+}
+
+/* Gaps of width 1, 2 or 4 bytes, written byte-shuffled (plane b holds byte b of every gap). */
+void lv_gaps_pack(const int64_t *idx, int64_t n, int64_t start, int32_t width, uint8_t *out) {
+    int64_t prev = start - 1;
+    for (int64_t j = 0; j < n; j++) {
+        uint64_t g = (uint64_t)(idx[j] - prev - 1);
+        prev = idx[j];
+        out[j] = (uint8_t)g;
+        if (width > 1) out[n + j] = (uint8_t)(g >> 8);
+        if (width > 2) { out[2 * n + j] = (uint8_t)(g >> 16); out[3 * n + j] = (uint8_t)(g >> 24); }
+    }
+}
+
+/* Byte-shuffle n elements of `width` (2 or 4) bytes; with zigzag, first map each value read as a
+ * signed integer s to (s << 1) ^ (s >> (bits - 1)) (the ulpdiff codec, spec §6.1). */
+void lv_shuffle(const void *src, int32_t width, int64_t n, int32_t zigzag, uint8_t *out) {
+    if (width == 2) {
+        const uint16_t *v = (const uint16_t *)src;
+        for (int64_t j = 0; j < n; j++) {
+            uint16_t u = v[j];
+            if (zigzag) u = (uint16_t)((uint16_t)(u << 1) ^ (uint16_t)(-(int32_t)(u >> 15)));
+            out[j] = (uint8_t)u; out[n + j] = (uint8_t)(u >> 8);
+        }
+    } else {
+        const uint32_t *v = (const uint32_t *)src;
+        for (int64_t j = 0; j < n; j++) {
+            uint32_t u = v[j];
+            if (zigzag) u = (u << 1) ^ (uint32_t)(-(int64_t)(u >> 31));
+            out[j] = (uint8_t)u; out[n + j] = (uint8_t)(u >> 8);
+            out[2 * n + j] = (uint8_t)(u >> 16); out[3 * n + j] = (uint8_t)(u >> 24);
+        }
+    }
+}
+
+/* First position j with idx[j] <= idx[j-1], or -1 when idx is strictly increasing. */
+int64_t lv_first_unsorted(const int64_t *idx, int64_t n) {
+    for (int64_t j = 1; j < n; j++)
+        if (idx[j] <= idx[j - 1]) return j;
+    return -1;
+}
+
 /* Count tickets per entry: count[idx[j]] += 1, saturating at 255. */
 void lv_count(uint8_t *count, const int64_t *idx, int64_t n) {
     for (int64_t j = 0; j < n; j++) {

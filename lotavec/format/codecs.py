@@ -73,12 +73,23 @@ def zstd_decompress(data: bytes | memoryview, expected: int, what: str) -> bytes
     return out
 
 
-def shuffle(values: np.ndarray) -> np.ndarray:
-    """Byte-shuffle: all byte 0s, then all byte 1s, ... (little-endian element bytes)."""
+def shuffle(values: np.ndarray, *, zigzag: bool = False) -> np.ndarray:
+    """Byte-shuffle: all byte 0s, then all byte 1s, ... (little-endian element bytes).
+
+    With ``zigzag`` the values (unsigned wrap-around differences) are first mapped by
+    :func:`zigzag` as signed integers of their width.
+    """
     v = np.ascontiguousarray(values).reshape(-1)
     n, w = v.size, v.dtype.itemsize
     if w == 1:
         return v.view(np.uint8)
+    lib = native.kernels("codec")
+    if lib is not None and w in (2, 4):
+        out = np.empty(n * w, dtype=np.uint8)
+        lib.lv_shuffle(native.ptr(v), w, n, int(zigzag), native.ptr(out))
+        return out
+    if zigzag:
+        v = _zigzag(v.view(np.dtype(f"<i{w}")), 8 * w)
     u = v.view(np.dtype(f"<u{w}"))
     out = np.empty(n * w, dtype=np.uint8)
     for i in range(w):  # shift-and-truncate is several times faster than a strided transpose
@@ -120,15 +131,25 @@ def _unshuffle_numpy(raw: np.ndarray, dtype: np.dtype, n: int) -> np.ndarray:
 # --- masks ---------------------------------------------------------------------------------
 
 
-def encode_gaps(local: np.ndarray) -> tuple[str, bytes]:
-    """Gap-code sorted local indices: g0 = i0, gj = ij − i(j−1) − 1.
+def encode_gaps(local: np.ndarray, start: int = 0) -> tuple[str, bytes]:
+    """Gap-code sorted indices of a chunk beginning at ``start``: g0 = i0 − start, gj = ij − i(j−1) − 1.
 
     Gaps are stored as unsigned integers of the narrowest width (1, 2 or 4 bytes) that holds
     the largest one, byte-shuffled, → zstd. Returns ``(codec name, stream)``.
     """
-    gaps = np.empty(local.size, dtype=np.int64)
-    gaps[0] = local[0]
-    np.subtract(local[1:], local[:-1], out=gaps[1:])
+    lib = native.kernels("codec")
+    idx = np.ascontiguousarray(local, dtype=np.int64)
+    if lib is not None:
+        top = lib.lv_gaps_max(native.ptr(idx), idx.size, start, 1 << 62)
+        if top < 0:
+            raise ValueError("gap coding needs strictly increasing indices at or after the chunk start")
+        width = 1 if top < 256 else (2 if top < 65536 else 4)
+        out = np.empty(width * idx.size, np.uint8)
+        lib.lv_gaps_pack(native.ptr(idx), idx.size, start, width, native.ptr(out))
+        return {1: "gaps8", 2: "gaps16", 4: "gaps32"}[width], zstd_compress(out)
+    gaps = np.empty(idx.size, dtype=np.int64)
+    gaps[0] = idx[0] - start
+    np.subtract(idx[1:], idx[:-1], out=gaps[1:])
     gaps[1:] -= 1
     top = int(gaps.max())
     codec, dt = ("gaps8", "<u1") if top < 256 else (("gaps16", "<u2") if top < 65536 else ("gaps32", "<u4"))
@@ -185,9 +206,10 @@ def decode_bitmap(data: bytes | memoryview, nnz: int, length: int, what: str,
     return idx
 
 
-def encode_mask(local: np.ndarray, length: int) -> tuple[str, bytes]:
+def encode_mask(local: np.ndarray, length: int, start: int = 0) -> tuple[str, bytes]:
     """Pick and apply the mask codec for one chunk; returns ``(codec, stream)``.
 
+    ``local`` holds the chunk's indices, offset by ``start`` (the chunk's first flat index).
     ``none``/``all`` when the chunk is empty/full; otherwise the smaller of gaps and bitmap
     (both are tried in the density band where either can win).
     """
@@ -198,10 +220,11 @@ def encode_mask(local: np.ndarray, length: int) -> tuple[str, bytes]:
         return "all", b""
     p = nnz / length
     if p < 0.15:
-        return encode_gaps(local)
+        return encode_gaps(local, start)
+    rel = local - start if start else local
     if p > 0.35:
-        return "bitmap", encode_bitmap(local, length)
-    (gc, g), b = encode_gaps(local), encode_bitmap(local, length)
+        return "bitmap", encode_bitmap(rel, length)
+    (gc, g), b = encode_gaps(local, start), encode_bitmap(rel, length)
     return (gc, g) if len(g) <= len(b) else ("bitmap", b)
 
 
@@ -239,17 +262,21 @@ def zigzag(s: np.ndarray, bits: int) -> np.ndarray:
     return ((s.astype(s.dtype) << 1) ^ (s >> (bits - 1))).view(u)
 
 
+_zigzag = zigzag  # for functions whose ``zigzag`` flag shadows the name
+
+
 def unzigzag(z: np.ndarray, bits: int) -> np.ndarray:
     """Inverse of :func:`zigzag`, returned as the unsigned wrap-around difference."""
     one = z.dtype.type(1)
     return (z >> one) ^ (-(z & one)).astype(z.dtype)
 
 
-def encode_values(payload: np.ndarray) -> bytes:
-    """Shuffle + zstd any value payload (u16/u32 patterns or float32 deltas)."""
+def encode_values(payload: np.ndarray, *, zigzag: bool = False) -> bytes:
+    """Shuffle + zstd any value payload (u16/u32 patterns or float32 deltas); ``zigzag`` maps
+    wrap-around differences first (the ``ulpdiff`` codec)."""
     if payload.size == 0:
         return b""
-    return zstd_compress(shuffle(payload))
+    return zstd_compress(shuffle(payload, zigzag=zigzag))
 
 
 def decode_values(data: bytes | memoryview, dtype: np.dtype, nnz: int, what: str, *, zigzag: bool = False) -> np.ndarray:

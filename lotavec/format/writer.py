@@ -13,9 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from .. import native
 from .._tmp import reap_and_tag
 from ..errors import FormatError, InvalidHeaderError
-from .codecs import encode_mask, encode_values, zigzag
+from .codecs import encode_mask, encode_values
 from .dtypes import BITS, TICKET_DTYPES
 from .manifest import (
     DEFAULT_CHUNK_ELEMENTS,
@@ -43,7 +44,13 @@ def check_indices(name: str, indices: np.ndarray, numel: int) -> np.ndarray:
     if idx.size:
         if idx[0] < 0 or idx[-1] >= numel:
             raise FormatError(f"tensor {name!r}: indices out of range [0, {numel})")
-        if idx.size > 1 and not (np.diff(idx) > 0).all():
+        lib = native.kernels("codec")
+        if lib is not None:
+            idx = np.ascontiguousarray(idx)
+            unsorted = lib.lv_first_unsorted(native.ptr(idx), idx.size) >= 0
+        else:
+            unsorted = idx.size > 1 and not (idx[1:] > idx[:-1]).all()
+        if unsorted:
             raise FormatError(f"tensor {name!r}: indices must be strictly increasing")
     return idx
 
@@ -61,9 +68,12 @@ class _Done:
         return False
 
 
-def _encode_chunk(local: np.ndarray, length: int, payload: np.ndarray) -> tuple[str, bytes, bytes]:
-    codec, mask = encode_mask(local, length)
-    return codec, mask, encode_values(payload)
+def _encode_chunk(idx: np.ndarray, start: int, length: int, payload: np.ndarray,
+                  zigzag: bool) -> tuple[str, bytes, bytes, int]:
+    """One chunk's ``(mask codec, mask stream, value stream, crc32 of both)`` (runs on the pool)."""
+    codec, mask = encode_mask(idx, length, start)
+    values = encode_values(payload, zigzag=zigzag)
+    return codec, mask, values, zlib.crc32(values, zlib.crc32(mask))
 
 
 class TicketFileWriter:
@@ -136,20 +146,20 @@ class TicketFileWriter:
             raise FormatError(f"tensor {name!r}: fine-tuned values contain Inf/NaN; tickets hold finite values only")
         if values == "f32delta" and not np.isfinite(pl).all():
             raise FormatError(f"tensor {name!r}: deltas contain Inf/NaN; tickets hold finite values only")
-        if values == "ulpdiff":
-            pl = zigzag(pl.view(np.dtype(f"<i{pl.dtype.itemsize}")), 8 * pl.dtype.itemsize)
+        zz = values == "ulpdiff"
         ce = self.chunk_elements
         n_chunks = -(-numel // ce)
-        bounds = np.searchsorted(idx, np.arange(n_chunks + 1, dtype=np.int64) * ce)
+        bounds = np.searchsorted(idx, np.arange(n_chunks + 1, dtype=np.int64) * ce).tolist()
         jobs = [
-            (idx[bounds[i] : bounds[i + 1]] - i * ce, min(ce, numel - i * ce), pl[bounds[i] : bounds[i + 1]])
+            (idx[bounds[i] : bounds[i + 1]], i * ce, min(ce, numel - i * ce), pl[bounds[i] : bounds[i + 1]], zz)
             for i in range(n_chunks)
         ]
         if self._pool is not None:  # encode in the background; write in order, a few tensors behind
             futs = [self._pool.submit(_encode_chunk, *j) for j in jobs]
         else:
             futs = [_Done(_encode_chunk(*j)) for j in jobs]
-        meta = (name, shape, dtype, int(idx.size), values, base_sample, base_digest, [(j[1], j[0].size) for j in jobs])
+        meta = (name, shape, dtype, int(idx.size), values, base_sample, base_digest,
+                [(j[2], bounds[i + 1] - bounds[i]) for i, j in enumerate(jobs)])
         self._pending.append((meta, futs))
         self._names.add(name)
         self._drain(2 * self.threads)
@@ -162,8 +172,7 @@ class TicketFileWriter:
             offset = 0
             ce = self.chunk_elements
             for i, f in enumerate(futs):
-                codec, mb, vb = f.result()
-                crc = zlib.crc32(vb, zlib.crc32(mb))
+                codec, mb, vb, crc = f.result()
                 self._spool.write(mb)
                 self._spool.write(vb)
                 chunks.append(Chunk(i * ce, sizes[i][0], sizes[i][1], codec, len(mb), len(vb), crc, offset))

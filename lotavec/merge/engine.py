@@ -167,7 +167,8 @@ def _put_sum(out: np.ndarray, flat: np.ndarray, dtype: str, out_dtype: str, merg
     """``out[i] = base[i] + merged[i]`` on the merged support; changed entries (storage differs)."""
     idx = merged.indices
     base_at = np.take(flat, idx)
-    new = from_float32(to_float32(base_at, dtype) + merged.values, out_dtype)
+    with np.errstate(over="ignore"):  # overflow is detected on the rounded values below
+        new = from_float32(to_float32(base_at, dtype) + merged.values, out_dtype)
     if out_dtype in BITS and nonfinite_bits(np.ascontiguousarray(new).view(BITS[out_dtype]), out_dtype).any():
         raise MergeConfigError(
             f"tensor {name!r}: the merged values overflow {out_dtype} (Inf/NaN); lower the weights or --lambda")

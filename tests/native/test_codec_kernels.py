@@ -148,3 +148,45 @@ def test_two_ticket_overflow_refused_on_both_paths(monkeypatch):
         monkeypatch.setenv(native.ENV, env)
         with pytest.raises(MergeConfigError, match="overflow"):
             merge_tensor_values("w", base, "BF16", "BF16", [t1, t2], params, None)
+
+
+@pytest.mark.parametrize("dtype", ["<u2", "<u4", "<f4"])
+@pytest.mark.parametrize("zz", [False, True])
+def test_shuffle_agrees(monkeypatch, dtype, zz):
+    if zz and dtype == "<f4":
+        pytest.skip("zigzag applies to integer patterns")
+    rng = np.random.default_rng(2)
+    info = np.iinfo(dtype) if dtype != "<f4" else None
+    v = (rng.integers(0, int(info.max) + 1, 7777, dtype=np.uint64).astype(dtype) if info
+         else rng.standard_normal(7777).astype(dtype))
+    if info:
+        v[:4] = (0, 1, info.max, info.max >> 1)  # zigzag edge cases
+    a, b = both(monkeypatch, lambda: codecs.shuffle(v, zigzag=zz).copy())
+    np.testing.assert_array_equal(a, b)
+    # and it inverts
+    back = codecs.unshuffle(a, np.dtype(dtype), v.size, zigzag=zz)
+    np.testing.assert_array_equal(back.view(np.uint8), v.view(np.uint8))
+
+
+@pytest.mark.parametrize("gap", [3, 300, 70000])
+def test_gap_encoder_agrees(monkeypatch, gap):
+    rng = np.random.default_rng(gap)
+    start = 1 << 20
+    idx = start + np.cumsum(rng.integers(1, gap + 2, 5000)).astype(np.int64) - 1
+    a, b = both(monkeypatch, lambda: codecs.encode_gaps(idx, start))
+    assert a[0] == b[0] and a[0] == ("gaps8" if gap < 255 else "gaps16" if gap < 65535 else "gaps32")
+    dec = [codecs.decode_mask(c, d, idx.size, int(idx[-1] - start + 1), "t", None, start) for c, d in (a, b)]
+    np.testing.assert_array_equal(dec[0], idx)
+    np.testing.assert_array_equal(dec[1], idx)
+
+
+def test_index_validation_on_both_paths(monkeypatch):
+    from lotavec.errors import FormatError
+    from lotavec.format.writer import check_indices
+
+    for env in ("1", "0"):
+        monkeypatch.setenv(native.ENV, env)
+        check_indices("w", np.array([0, 5, 9], np.int64), 10)
+        for bad, msg in (([0, 5, 5], "increasing"), ([3, 2], "increasing"), ([0, 10], "range"), ([-1, 2], "range")):
+            with pytest.raises(FormatError, match=msg):
+                check_indices("w", np.array(bad, np.int64), 10)
