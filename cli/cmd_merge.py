@@ -33,11 +33,14 @@ def _method_help() -> str:
               help="YAML merge config in mergekit's vocabulary (merge_method, base_model, models, parameters).")
 @click.option("--force", is_flag=True, help="Overwrite OUT_DIR, and merge despite base-identity mismatches (with a warning).")
 @click.option("--verify-base", is_flag=True, help="Compare full base digests, not only sampled fingerprints.")
+@click.option("--no-fsync", is_flag=True,
+              help="Do not flush OUT_DIR to disk before renaming it into place (faster; a crash of the "
+                   "machine, not of lotavec, could then leave incomplete files).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @user_errors
 def merge(base, tickets, out, method, weights, density, lambda_, scope, semantics, seed, dtype, max_shard_size,
-          config_path, force, verify_base, as_json, quiet):
+          config_path, force, verify_base, no_fsync, as_json, quiet):
     """Merge TICKETS into BASE and write a Hugging Face model folder OUT_DIR.
 
     BASE and TICKETS are local paths or Hub ids (org/name[@revision]). With --config, BASE and
@@ -81,7 +84,8 @@ def merge(base, tickets, out, method, weights, density, lambda_, scope, semantic
     t0 = time.perf_counter()
     with progress_bar(not quiet and not as_json) as bar:
         r = run(base_dir, paths, out, params=params, dtype=dtype, max_shard_size=max_shard_size, overwrite=force,
-                force=force, verify_base=verify_base, base_ref=base_ref, ticket_refs=refs, notes=notes, progress=bar)
+                force=force, verify_base=verify_base, base_ref=base_ref, ticket_refs=refs, notes=notes,
+                fsync=not no_fsync, progress=bar)
     peak = psutil.Process().memory_info().rss
     for w in r.warnings:
         click.echo(f"warning: {w}", err=True)

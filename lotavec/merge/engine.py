@@ -301,7 +301,7 @@ def merge(base: Any, tickets: Sequence[Any], out_dir: str | os.PathLike, *, para
           dtype: str | None = None, max_shard_size: int | str = "5GB", overwrite: bool = False,
           force: bool = False, verify_base: bool = False, threads: int | None = None,
           base_ref: dict[str, Any] | None = None, ticket_refs: Sequence[dict[str, Any]] | None = None,
-          notes: Sequence[str] = (), progress: Progress = None) -> MergeResult:
+          notes: Sequence[str] = (), fsync: bool = True, progress: Progress = None) -> MergeResult:
     """Merge tickets into a base model and write a Hugging Face model folder.
 
     Args:
@@ -318,6 +318,10 @@ def merge(base: Any, tickets: Sequence[Any], out_dir: str | os.PathLike, *, para
         threads: worker threads for decoding and merging (default: all cores).
         base_ref, ticket_refs: Hub identities recorded in the model card and merge record.
         notes: remarks recorded in the merge record (e.g. ignored mergekit keys).
+        fsync: flush the output to disk before it is renamed into place (default), so that a
+            power loss cannot leave a complete-looking folder with missing data; write-back
+            starts while the merge runs. ``False`` leaves that to the OS, like most tools
+            (a killed process still never leaves a partial folder).
         progress: ``progress(stage, done, total)``.
 
     Returns:
@@ -347,8 +351,8 @@ def merge(base: Any, tickets: Sequence[Any], out_dir: str | os.PathLike, *, para
         touched = {n for t in tks for n in t.names}
         out_dt = {n: (_DTYPE_NAMES[dtype] if dtype and src.info(n)[0] in TICKET_DTYPES else src.info(n)[0]) for n in names}
         plan = [(n, out_dt[n], src.info(n)[1]) for n in names]
-        with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
-            writer = ShardedWriter(tmp, plan, max_shard_size=max_shard_size)
+        with atomic_output_dir(out_dir, overwrite=overwrite, fsync=fsync) as tmp:
+            writer = ShardedWriter(tmp, plan, max_shard_size=max_shard_size, flush_behind=fsync)
             changed = _stream(src, tks, names, touched, out_dt, params, trims, writer, threads, progress)
             writer.close()
             record = _record(src, tks, params, dtype, base_ref, ticket_refs, notes, warnings, changed, names, touched)

@@ -214,3 +214,10 @@ def test_killed_merge_never_leaves_a_partial_output(big, tmp_path):
     p = start_merge(big, out)  # a rerun succeeds despite the leftovers
     assert p.wait() == 0, p.stderr.read()
     assert folder_bytes(out) == want
+
+
+def test_no_fsync_gives_the_same_output(kit, tmp_path):
+    r = run("merge", kit["base"], kit["A"], kit["B"], "-o", tmp_path / "nf", "-q", "--no-fsync")
+    assert r.exit_code == 0, r.output
+    lotavec.merge(kit["base"], [kit["A"], kit["B"]], tmp_path / "api")
+    assert weights_bytes(tmp_path / "nf") == weights_bytes(tmp_path / "api")

@@ -155,3 +155,32 @@ def test_atomic_dir_honours_umask(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "perm").stat().st_mode & 0o777 == 0o755
+
+
+def test_flush_behind_writes_the_same_bytes_and_starts_write_back(tiny_model_dirs, tmp_path, monkeypatch):
+    import lotavec.hfwriter as hw
+
+    calls = []
+    real = hw._sync_file_range()
+    if real is None:
+        pytest.skip("no sync_file_range on this platform")
+
+    def spy():
+        def fn(fd, off, n, flags):
+            calls.append((off, n, flags))
+            return real(fd, off, n, flags)
+        return fn
+
+    monkeypatch.setattr(hw, "_FLUSH_STEP", 4096)  # a request every few tensors of the tiny model
+    monkeypatch.setattr(hw, "_sync_file_range", spy)
+    src_dir = tiny_model_dirs["llama"]
+    a = _copy_model(src_dir, tmp_path / "a", max_shard_size="100KB", flush_behind=True)
+    b = _copy_model(src_dir, tmp_path / "b", max_shard_size="100KB")
+    files = sorted(p.name for p in a.iterdir())
+    assert files == sorted(p.name for p in b.iterdir())
+    for f in files:
+        assert (a / f).read_bytes() == (b / f).read_bytes(), f
+    assert len(calls) > 3 and all(flags == hw._SYNC_FILE_RANGE_WRITE for _, _, flags in calls)
+    # per shard, the requested ranges are consecutive and cover everything written after the header
+    starts = [off for off, _, _ in calls]
+    assert starts.count(0) == len([f for f in files if f.endswith(".safetensors")])
