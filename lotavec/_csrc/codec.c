@@ -297,6 +297,110 @@ int64_t lv_sum(void *out_, const void *base_, int64_t n, int32_t width, int32_t 
     return changed;
 }
 
+/* Float32 deltas of one lossless ticket: out[j] = f32(fine-tuned_j) - f32(base[idx[j]]), where
+ * fine-tuned_j = base + payload (mode 0, ulpdiff) or payload (mode 1, raw); width 2 = BF16 bits,
+ * 4 = F32 bits (F16 is left to numpy). Returns -1, or the first j whose fine-tuned value is Inf/NaN. */
+int64_t lv_delta(const void *base_, const int64_t *idx, const void *payload, int64_t n, int32_t width,
+                 int32_t mode, float *out) {
+    if (width == 2) {
+        const uint16_t *b = (const uint16_t *)base_, *p = (const uint16_t *)payload;
+        for (int64_t j = 0; j < n; j++) {
+            uint32_t bb = b[idx[j]];
+            uint32_t f = mode ? p[j] : (uint16_t)(bb + p[j]);
+            if ((f & 0x7F80u) == 0x7F80u) return j;
+            out[j] = lv_f32_of(f, 2) - lv_f32_of(bb, 2);
+        }
+    } else {
+        const uint32_t *b = (const uint32_t *)base_, *p = (const uint32_t *)payload;
+        for (int64_t j = 0; j < n; j++) {
+            uint32_t bb = b[idx[j]];
+            uint32_t f = mode ? p[j] : bb + p[j];
+            if ((f & 0x7F800000u) == 0x7F800000u) return j;
+            out[j] = lv_f32_of(f, 4) - lv_f32_of(bb, 4);
+        }
+    }
+    return -1;
+}
+
+static inline float lv_sign(float x) { return (float)((x > 0.0f) - (x < 0.0f)); }
+
+/* TIES-style consensus of T prepared (trimmed / DARE'd) float32 deltas into one tensor, in
+ * cache-sized blocks; the numpy twin is lotavec.merge.methods._consensus + the engine's _put_sum:
+ *   votes  = sum_i (total ? v_i : sign(v_i)),  v_i = mergekit ? x_i * w_i : x_i   (ticket order)
+ *   s      = votes >= 0 ? +1 : -1;  M_i = sign(v_i) == s
+ *   mixed  = sum_{i: M_i} x_i * w_i;  div = sum_{i: M_i} (peft ? 1 : w_i)
+ *   r      = peft ? mixed / max(div, 1) : (normalize ? mixed / (div == 0 ? 1 : div) : mixed)
+ *   r     *= lam (when apply_lam);  entries with r == 0 stay at the base
+ *   out    = round(f32(base) + r)  (BF16: nearest-even; F32: as is)
+ * out is filled from base block by block (the copy is part of the pass).
+ * err[0] = 2 and err[2] = flat index when a result is Inf/NaN. Returns the changed entries.
+ * Scratch: votes, mixed, div (LV_BLOCK floats each), seen (LV_BLOCK bytes). */
+int64_t lv_consensus(void *out_, const void *base_, int64_t n, int32_t width, int32_t T,
+                     const int64_t *const *idx, const float *const *val, const int64_t *nnz, const float *w,
+                     int32_t peft, int32_t total, int32_t normalize, float lam, int32_t apply_lam,
+                     int64_t *err, float *votes, float *mixed, float *div, uint8_t *seen) {
+    int64_t pos[64], end[64], changed = 0;
+    const uint32_t expmask = width == 2 ? 0x7F80u : 0x7F800000u;
+    uint16_t *o16 = (uint16_t *)out_; const uint16_t *b16 = (const uint16_t *)base_;
+    uint32_t *o32 = (uint32_t *)out_; const uint32_t *b32 = (const uint32_t *)base_;
+    err[0] = 0;
+    if (T > 64) { err[0] = 3; return 0; }
+    for (int t = 0; t < T; t++) pos[t] = 0;
+    for (int64_t b0 = 0; b0 < n; b0 += LV_BLOCK) {
+        int64_t b1 = b0 + LV_BLOCK < n ? b0 + LV_BLOCK : n, len = b1 - b0;
+        memcpy((char *)out_ + b0 * width, (const char *)base_ + b0 * width, (size_t)len * width);
+        int any = 0;
+        for (int t = 0; t < T; t++) {
+            const int64_t *ix = idx[t];
+            int64_t lo = pos[t], hi = nnz[t];
+            while (lo < hi) { int64_t mid = lo + (hi - lo) / 2; if (ix[mid] < b1) lo = mid + 1; else hi = mid; }
+            end[t] = lo;
+            any |= end[t] > pos[t];
+        }
+        if (!any) continue;
+        memset(votes, 0, (size_t)len * sizeof(float));
+        memset(mixed, 0, (size_t)len * sizeof(float));
+        memset(div, 0, (size_t)len * sizeof(float));
+        memset(seen, 0, (size_t)len);
+        for (int t = 0; t < T; t++) {
+            const int64_t *ix = idx[t]; const float *x = val[t]; float wt = w[t];
+            for (int64_t j = pos[t]; j < end[t]; j++) {
+                int64_t e = ix[j] - b0;
+                float v = peft ? x[j] : x[j] * wt;
+                votes[e] += total ? v : lv_sign(v);
+                seen[e] = 1;
+            }
+        }
+        for (int t = 0; t < T; t++) {
+            const int64_t *ix = idx[t]; const float *x = val[t]; float wt = w[t];
+            for (int64_t j = pos[t]; j < end[t]; j++) {
+                int64_t e = ix[j] - b0;
+                float v = peft ? x[j] : x[j] * wt;
+                int m = votes[e] >= 0.0f ? v > 0.0f : v < 0.0f;
+                if (m) { mixed[e] += x[j] * wt; div[e] += peft ? 1.0f : wt; }
+            }
+            pos[t] = end[t];
+        }
+        for (int64_t e = 0; e < len; e++) {
+            if (!seen[e]) continue;
+            float r;
+            if (peft) r = mixed[e] / (div[e] > 1.0f ? div[e] : 1.0f);
+            else if (normalize) r = mixed[e] / (div[e] == 0.0f ? 1.0f : div[e]);
+            else r = mixed[e];
+            if (apply_lam) r = r * lam;
+            if (r == 0.0f) continue;
+            int64_t i = b0 + e;
+            uint32_t bb = width == 2 ? b16[i] : b32[i];
+            uint32_t rb = lv_bits_of(lv_f32_of(bb, width) + r);
+            uint32_t nb = width == 2 ? (rb + 0x7FFFu + ((rb >> 16) & 1u)) >> 16 : rb;
+            if ((nb & expmask) == expmask) { err[0] = 2; err[2] = i; return changed; }
+            if (width == 2) { o16[i] = (uint16_t)nb; changed += nb != bb; }
+            else { o32[i] = nb; changed += lv_f32_of(nb, 4) != lv_f32_of(bb, 4); }
+        }
+    }
+    return changed;
+}
+
 /* A valid (empty) extension module, so that setuptools builds and installs this file like any
  * other; lotavec uses it only through ctypes. */
 static struct PyModuleDef lv_module = {PyModuleDef_HEAD_INIT, "_ccodec", NULL, -1, NULL};

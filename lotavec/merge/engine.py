@@ -38,7 +38,7 @@ from ..mask import Candidate, select_topk
 from ..models import TensorSource, open_model
 from ..ticket import Ticket, TicketTensor, load_ticket
 from .config import MergeParams
-from .methods import SparseDelta, merge_tensor
+from .methods import SparseDelta, merge_tensor, prepare_parts
 from .registry import get_method
 
 Progress = Callable[[str, int, int], None] | None
@@ -150,10 +150,14 @@ def merge_tensor_values(name: str, base_arr: np.ndarray, dtype: str, out_dtype: 
     if _exact_sum(params, len(parts)) and out_dtype == dtype:
         out, changed = _exact_sum_values(name, flat, dtype, parts, params)
         return out.reshape(base_arr.shape), changed
-    deltas: list[SparseDelta | None] = []
-    for tt in parts:
-        deltas.append(None if tt is None else SparseDelta(tt.indices, tt.delta(np.take(flat, tt.indices)), flat.size))
+    lib = native.kernels("codec")
+    deltas: list[SparseDelta | None] = [None if tt is None else _delta_of(lib, name, flat, dtype, tt) for tt in parts]
     tr = {i: trims[i][name] for i in trims if name in trims[i]} if trims else None
+    if (lib is not None and out_dtype == dtype and dtype in ("BF16", "F32") and get_method(params.method).consensus
+            and len(parts) <= 64):
+        _, prep = prepare_parts(name, deltas, params, trims=tr)  # trim / DARE per ticket
+        out, changed = _consensus_native(lib, name, flat, dtype, prep, params)
+        return out.reshape(base_arr.shape), changed
     merged = merge_tensor(name, deltas, params, trims=tr)
     if out_dtype == dtype:
         out = flat.copy()
@@ -161,6 +165,56 @@ def merge_tensor_values(name: str, base_arr: np.ndarray, dtype: str, out_dtype: 
         out = from_float32(to_float32(flat, dtype), out_dtype)
     changed = _put_sum(out, flat, dtype, out_dtype, merged, name)
     return out.reshape(base_arr.shape), changed
+
+
+def _delta_of(lib, name: str, flat: np.ndarray, dtype: str, tt: TicketTensor) -> SparseDelta:
+    """A ticket tensor's float32 deltas on the base (compiled for lossless BF16/F32 tickets)."""
+    if lib is None or tt.values not in ("ulpdiff", "raw") or dtype not in ("BF16", "F32"):
+        return SparseDelta(tt.indices, tt.delta(np.take(flat, tt.indices)), flat.size)
+    bits = BITS[dtype]
+    idx = np.ascontiguousarray(tt.indices, dtype=np.int64)
+    pl = np.ascontiguousarray(tt.payload).view(bits)
+    base = flat.view(bits)
+    out = np.empty(idx.size, np.float32)
+    bad = lib.lv_delta(native.ptr(base), native.ptr(idx), native.ptr(pl), idx.size, np.dtype(bits).itemsize,
+                       1 if tt.values == "raw" else 0, native.ptr(out))
+    if bad >= 0:
+        raise CorruptTicketError(
+            f"tensor {name!r}: applying the ticket gives a non-finite value at flat index {int(idx[bad])}; "
+            "the base is not the one this ticket was made from, or the ticket is corrupt")
+    return SparseDelta._trusted(idx, out, flat.size)  # indices come from a validated ticket
+
+
+def _consensus_native(lib, name: str, flat: np.ndarray, dtype: str, prep: list[tuple[np.ndarray, np.ndarray]],
+                      params: MergeParams) -> tuple[np.ndarray, int]:
+    """Sign election, disjoint mean, λ and the sum onto the base with the compiled ``lv_consensus``
+    (the same float32 arithmetic, in the same order, as :func:`merge_tensor` + :func:`_put_sum`)."""
+    bits = BITS[dtype]
+    out = np.empty_like(flat)
+    t = len(prep)
+    idx = [np.ascontiguousarray(i, dtype=np.int64) for i, _ in prep]
+    val = [np.ascontiguousarray(v, dtype=np.float32) for _, v in prep]
+    arr = ctypes.c_void_p * t
+    idx_p, val_p = arr(*map(native.ptr, idx)), arr(*map(native.ptr, val))
+    nnz = np.array([i.size for i in idx], np.int64)
+    w = np.array([params.weight_of(k) for k in range(t)], np.float32)
+    err = np.zeros(3, np.int64)
+    votes, mixed, div = (np.empty(_SUM_BLOCK, np.float32) for _ in range(3))
+    seen = np.empty(_SUM_BLOCK, np.uint8)
+    peft = params.semantics == "peft"
+    changed = lib.lv_consensus(
+        native.ptr(out.view(bits)), native.ptr(flat.view(bits)), flat.size, np.dtype(bits).itemsize, t,
+        idx_p, val_p, native.ptr(nnz), native.ptr(w), int(peft), int(params.sign_method == "total"),
+        int(bool(params.resolved_normalize)) if not peft else 0, float(np.float32(params.lambda_)),
+        int(params.lambda_ != 1.0), native.ptr(err), native.ptr(votes), native.ptr(mixed), native.ptr(div),
+        native.ptr(seen))
+    if err[0] == 2:
+        raise MergeConfigError(
+            f"tensor {name!r}: the merged values overflow {dtype} (Inf/NaN) at flat index {int(err[2])}; "
+            "lower the weights or --lambda")
+    if err[0]:
+        raise MergeConfigError(f"tensor {name!r}: too many tickets for the compiled merge ({t})")
+    return out, int(changed)
 
 
 def _put_sum(out: np.ndarray, flat: np.ndarray, dtype: str, out_dtype: str, merged: SparseDelta, name: str = "") -> int:
