@@ -139,6 +139,34 @@ int64_t lv_first_unsorted(const int64_t *idx, int64_t n) {
     return -1;
 }
 
+/* Positions of the k largest |x| among n finite floats, increasing, with ties at the threshold
+ * taken from the lowest positions first (lotavec.merge.methods.trim_keep); 0 < k < n. Radix
+ * selection on the bits of |x|: a histogram of the high 16 bits, one of the low 16 bits within
+ * the boundary bin, then one emitting pass. hist: 65536 uint32 of scratch. Returns the count
+ * written (k). */
+int64_t lv_topk_abs(const float *x, int64_t n, int64_t k, int64_t *out, uint32_t *hist) {
+    const uint32_t *u = (const uint32_t *)x;
+    memset(hist, 0, 65536 * sizeof(uint32_t));
+    for (int64_t j = 0; j < n; j++) hist[(u[j] & 0x7FFFFFFFu) >> 16]++;
+    int64_t above = 0; int32_t b = 65535;
+    for (; b > 0; b--) { if (above + hist[b] >= k) break; above += hist[b]; }
+    int64_t need = k - above;  /* entries needed from bin b */
+    memset(hist, 0, 65536 * sizeof(uint32_t));
+    for (int64_t j = 0; j < n; j++) {
+        uint32_t key = u[j] & 0x7FFFFFFFu;
+        if ((key >> 16) == (uint32_t)b) hist[key & 0xFFFFu]++;
+    }
+    int64_t above2 = 0; int32_t lo = 65535;
+    for (; lo > 0; lo--) { if (above2 + hist[lo] >= need) break; above2 += hist[lo]; }
+    uint32_t t = ((uint32_t)b << 16) | (uint32_t)lo;
+    int64_t ties = need - above2, m = 0;
+    for (int64_t j = 0; j < n; j++) {
+        uint32_t key = u[j] & 0x7FFFFFFFu;
+        if (key > t || (key == t && ties-- > 0)) out[m++] = j;
+    }
+    return m;
+}
+
 /* Count tickets per entry: count[idx[j]] += 1, saturating at 255. */
 void lv_count(uint8_t *count, const int64_t *idx, int64_t n) {
     for (int64_t j = 0; j < n; j++) {
@@ -322,6 +350,9 @@ int64_t lv_delta(const void *base_, const int64_t *idx, const void *payload, int
     return -1;
 }
 
+/* Block of lv_consensus: its scratch (13 bytes per element) stays in the L2 cache. */
+#define LV_CBLOCK 16384
+
 static inline float lv_sign(float x) { return (float)((x > 0.0f) - (x < 0.0f)); }
 
 /* TIES-style consensus of T prepared (trimmed / DARE'd) float32 deltas into one tensor, in
@@ -334,7 +365,8 @@ static inline float lv_sign(float x) { return (float)((x > 0.0f) - (x < 0.0f)); 
  *   out    = round(f32(base) + r)  (BF16: nearest-even; F32: as is)
  * out is filled from base block by block (the copy is part of the pass).
  * err[0] = 2 and err[2] = flat index when a result is Inf/NaN. Returns the changed entries.
- * Scratch: votes, mixed, div (LV_BLOCK floats each), seen (LV_BLOCK bytes). */
+ * Scratch: votes, mixed, div (LV_BLOCK floats each), seen (LV_BLOCK bytes, all zero on entry;
+ * zero again on a successful return). */
 int64_t lv_consensus(void *out_, const void *base_, int64_t n, int32_t width, int32_t T,
                      const int64_t *const *idx, const float *const *val, const int64_t *nnz, const float *w,
                      int32_t peft, int32_t total, int32_t normalize, float lam, int32_t apply_lam,
@@ -346,8 +378,8 @@ int64_t lv_consensus(void *out_, const void *base_, int64_t n, int32_t width, in
     err[0] = 0;
     if (T > 64) { err[0] = 3; return 0; }
     for (int t = 0; t < T; t++) pos[t] = 0;
-    for (int64_t b0 = 0; b0 < n; b0 += LV_BLOCK) {
-        int64_t b1 = b0 + LV_BLOCK < n ? b0 + LV_BLOCK : n, len = b1 - b0;
+    for (int64_t b0 = 0; b0 < n; b0 += LV_CBLOCK) {
+        int64_t b1 = b0 + LV_CBLOCK < n ? b0 + LV_CBLOCK : n, len = b1 - b0;
         memcpy((char *)out_ + b0 * width, (const char *)base_ + b0 * width, (size_t)len * width);
         int any = 0;
         for (int t = 0; t < T; t++) {
@@ -358,17 +390,15 @@ int64_t lv_consensus(void *out_, const void *base_, int64_t n, int32_t width, in
             any |= end[t] > pos[t];
         }
         if (!any) continue;
-        memset(votes, 0, (size_t)len * sizeof(float));
-        memset(mixed, 0, (size_t)len * sizeof(float));
-        memset(div, 0, (size_t)len * sizeof(float));
-        memset(seen, 0, (size_t)len);
+        /* Scratch entries are initialised on first touch and `seen` is cleared as results are
+         * written, so no pass ever scans or clears the whole block. */
         for (int t = 0; t < T; t++) {
             const int64_t *ix = idx[t]; const float *x = val[t]; float wt = w[t];
             for (int64_t j = pos[t]; j < end[t]; j++) {
                 int64_t e = ix[j] - b0;
                 float v = peft ? x[j] : x[j] * wt;
+                if (!seen[e]) { seen[e] = 1; votes[e] = 0.0f; mixed[e] = 0.0f; div[e] = 0.0f; }
                 votes[e] += total ? v : lv_sign(v);
-                seen[e] = 1;
             }
         }
         for (int t = 0; t < T; t++) {
@@ -379,23 +409,28 @@ int64_t lv_consensus(void *out_, const void *base_, int64_t n, int32_t width, in
                 int m = votes[e] >= 0.0f ? v > 0.0f : v < 0.0f;
                 if (m) { mixed[e] += x[j] * wt; div[e] += peft ? 1.0f : wt; }
             }
-            pos[t] = end[t];
         }
-        for (int64_t e = 0; e < len; e++) {
-            if (!seen[e]) continue;
-            float r;
-            if (peft) r = mixed[e] / (div[e] > 1.0f ? div[e] : 1.0f);
-            else if (normalize) r = mixed[e] / (div[e] == 0.0f ? 1.0f : div[e]);
-            else r = mixed[e];
-            if (apply_lam) r = r * lam;
-            if (r == 0.0f) continue;
-            int64_t i = b0 + e;
-            uint32_t bb = width == 2 ? b16[i] : b32[i];
-            uint32_t rb = lv_bits_of(lv_f32_of(bb, width) + r);
-            uint32_t nb = width == 2 ? (rb + 0x7FFFu + ((rb >> 16) & 1u)) >> 16 : rb;
-            if ((nb & expmask) == expmask) { err[0] = 2; err[2] = i; return changed; }
-            if (width == 2) { o16[i] = (uint16_t)nb; changed += nb != bb; }
-            else { o32[i] = nb; changed += lv_f32_of(nb, 4) != lv_f32_of(bb, 4); }
+        for (int t = 0; t < T; t++) {
+            const int64_t *ix = idx[t];
+            for (int64_t j = pos[t]; j < end[t]; j++) {
+                int64_t e = ix[j] - b0;
+                if (!seen[e]) continue;
+                seen[e] = 0;
+                float r;
+                if (peft) r = mixed[e] / (div[e] > 1.0f ? div[e] : 1.0f);
+                else if (normalize) r = mixed[e] / (div[e] == 0.0f ? 1.0f : div[e]);
+                else r = mixed[e];
+                if (apply_lam) r = r * lam;
+                if (r == 0.0f) continue;
+                int64_t i = b0 + e;
+                uint32_t bb = width == 2 ? b16[i] : b32[i];
+                uint32_t rb = lv_bits_of(lv_f32_of(bb, width) + r);
+                uint32_t nb = width == 2 ? (rb + 0x7FFFu + ((rb >> 16) & 1u)) >> 16 : rb;
+                if ((nb & expmask) == expmask) { err[0] = 2; err[2] = i; return changed; }
+                if (width == 2) { o16[i] = (uint16_t)nb; changed += nb != bb; }
+                else { o32[i] = nb; changed += lv_f32_of(nb, 4) != lv_f32_of(bb, 4); }
+            }
+            pos[t] = end[t];
         }
     }
     return changed;

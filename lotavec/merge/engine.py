@@ -200,7 +200,7 @@ def _consensus_native(lib, name: str, flat: np.ndarray, dtype: str, prep: list[t
     w = np.array([params.weight_of(k) for k in range(t)], np.float32)
     err = np.zeros(3, np.int64)
     votes, mixed, div = (np.empty(_SUM_BLOCK, np.float32) for _ in range(3))
-    seen = np.empty(_SUM_BLOCK, np.uint8)
+    seen = np.zeros(_SUM_BLOCK, np.uint8)
     peft = params.semantics == "peft"
     changed = lib.lv_consensus(
         native.ptr(out.view(bits)), native.ptr(flat.view(bits)), flat.size, np.dtype(bits).itemsize, t,

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import native
 from ..errors import CorruptTicketError, DisjointnessError, MergeConfigError, TensorMismatchError
 from .config import MergeParams
 from .registry import MethodSpec, get_method
@@ -150,6 +151,13 @@ def trim_keep(values: np.ndarray, k: int) -> np.ndarray:
         return np.arange(n, dtype=np.int64)
     if k <= 0:
         return np.empty(0, np.int64)
+    lib = native.kernels("codec")
+    if lib is not None and values.dtype == np.float32:
+        v = np.ascontiguousarray(values)
+        out = np.empty(k, np.int64)
+        hist = np.empty(1 << 16, np.uint32)
+        m = lib.lv_topk_abs(native.ptr(v), n, k, native.ptr(out), native.ptr(hist))
+        return out[:m]
     mag = np.abs(values)
     threshold = np.partition(mag, n - k)[n - k]
     keep = mag > threshold

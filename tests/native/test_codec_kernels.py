@@ -265,3 +265,18 @@ def test_consensus_overflow_refused_on_both_paths(monkeypatch):
         monkeypatch.setenv(native.ENV, env)
         with pytest.raises(MergeConfigError, match="overflow"):
             merge_tensor_values("w", base, "BF16", "BF16", [t1], params, None)
+
+
+@pytest.mark.parametrize("n,k", [(10, 3), (1000, 1), (1000, 999), (70000, 3500), (5000, 2500)])
+def test_trim_keep_agrees_with_ties(monkeypatch, n, k):
+    from lotavec.merge.methods import trim_keep
+
+    rng = np.random.default_rng(n + k)
+    v = (rng.integers(-20, 21, n) * 0.125).astype(np.float32)  # many equal magnitudes, both signs, zeros
+    v[::7] = -0.0
+    a, b = both(monkeypatch, lambda: trim_keep(v, k))
+    np.testing.assert_array_equal(a, b)
+    assert a.size == k and np.all(np.diff(a) > 0)
+    w = rng.standard_normal(n).astype(np.float32)
+    a, b = both(monkeypatch, lambda: trim_keep(w, k))
+    np.testing.assert_array_equal(a, b)
