@@ -81,31 +81,50 @@ def check_base_identity(base: TensorSource, tickets: Sequence[Ticket], *, full: 
     """
     warnings: list[str] = []
     names = set(base.names())
+    # Shapes and dtypes first (no data read); then one sampled fingerprint per base tensor, shared
+    # by every ticket that touches it, computed on a few threads (page faults dominate).
+    wanted: set[str] = set()
     for t in tickets:
         label = t.path or "ticket"
         for name in t.names:
             info = t.info(name)
+            if name not in names:
+                raise TensorMismatchError(f"{label}: tensor {name!r} is not in the base model {base.label}; "
+                                          "this ticket was made for another architecture")
+            dtype, shape = base.info(name)
+            if tuple(shape) != tuple(info["shape"]) or dtype != info["dtype"]:
+                raise TensorMismatchError(
+                    f"{label}: tensor {name!r} is {info['dtype']}{info['shape']} in the ticket but "
+                    f"{dtype}{list(shape)} in the base {base.label}; use the base the ticket was made from")
+            entry = t._file.entry(name) if t._file is not None else t[name]
+            if entry.base_sample is not None or (full and entry.base_digest is not None):
+                wanted.add(name)
+
+    def fingerprint(name: str) -> tuple[str, str | None]:
+        arr = base.array(name)
+        sample = base_sample(arr)
+        digest = base_digest(arr) if full else None
+        # The 4096 sampled entries touch nearly every page of the tensor: drop them, or the
+        # whole touched base stays resident before the merge starts.
+        base.release(name)
+        return sample, digest
+
+    order = [n for n in base.names() if n in wanted]  # file order: sequential reads
+    with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as ex:
+        prints = dict(zip(order, ex.map(fingerprint, order)))
+    for t in tickets:
+        label = t.path or "ticket"
+        for name in t.names:
+            entry = t._file.entry(name) if t._file is not None else t[name]
             try:
-                if name not in names:
-                    raise TensorMismatchError(f"{label}: tensor {name!r} is not in the base model {base.label}; "
-                                              "this ticket was made for another architecture")
-                dtype, shape = base.info(name)
-                if tuple(shape) != tuple(info["shape"]) or dtype != info["dtype"]:
-                    raise TensorMismatchError(
-                        f"{label}: tensor {name!r} is {info['dtype']}{info['shape']} in the ticket but "
-                        f"{dtype}{list(shape)} in the base {base.label}; use the base the ticket was made from")
-                entry = t._file.entry(name) if t._file is not None else t[name]
-                arr = base.array(name)
-                if entry.base_sample is not None and base_sample(arr) != entry.base_sample:
+                sample, digest = prints.get(name, (None, None))
+                if entry.base_sample is not None and sample != entry.base_sample:
                     raise FingerprintMismatchError(
                         f"{label}: tensor {name!r} of the base {base.label} differs from the base this ticket "
                         f"was made from{_ref(t)}; use that base (or --force to merge anyway)")
-                if full and entry.base_digest is not None and base_digest(arr) != entry.base_digest:
+                if full and entry.base_digest is not None and digest != entry.base_digest:
                     raise FingerprintMismatchError(
                         f"{label}: tensor {name!r}: full digest differs from the ticket's base{_ref(t)}")
-                # The 4096 sampled entries touch nearly every page of the tensor: drop them, or the
-                # whole touched base stays resident before the merge starts.
-                base.release(name)
             except FingerprintMismatchError as e:  # --force overrides content, never shapes or dtypes
                 if not force:
                     raise
