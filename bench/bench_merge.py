@@ -8,7 +8,9 @@ and interleaved ``--repeat`` times, each in its own fresh process:
 * **copy floor**: open the base (mmap) and write every tensor out with lotavec's streaming sharded
   writer (no fsync), releasing pages as it goes: read every tensor, write it out;
 * **lotavec sum / ties**: ``lotavec.merge(base, [t1, t2], out, params=...)`` (``sum``: weights 1;
-  ``ties``: density ``--ties-density``, mergekit semantics, per-tensor trim), all cores;
+  ``ties``: density ``--ties-density``, mergekit semantics, per-tensor trim), all cores; by default
+  lotavec fsyncs its output before renaming it into place; the ``--no-fsync`` rows do not (like
+  the floor and mergekit);
 * **mergekit task_arithmetic / ties**: ``mergekit.merge.run_merge`` on the base and the two dense
   fine-tunes with the same weights and density, CPU, default options (what ``mergekit-yaml`` runs).
 
@@ -75,13 +77,13 @@ _LOTAVEC = """
 import numpy as np
 import lotavec.merge
 from lotavec.merge import MergeParams
-base, out, method, density, t1, t2 = sys.argv[1:7]
+base, out, method, density, fsync, t1, t2 = sys.argv[1:8]
 params = (MergeParams(method="sum") if method == "sum" else
           MergeParams(method="ties", density=float(density), semantics="mergekit"))
 r0 = rss()
 start_sampler()
 t, c = time.perf_counter(), time.process_time()
-r = lotavec.merge.merge(base, [t1, t2], out, params=params)
+r = lotavec.merge.merge(base, [t1, t2], out, params=params, fsync=fsync == "fsync")
 report(work=time.perf_counter() - t, cpu=time.process_time() - c, base_rss=r0, changed=r.changed_entries)
 """
 
@@ -137,8 +139,12 @@ def bench_model(kind: str, repeat: int, density: float, with_mergekit: bool, ski
     cached = page_cache_fraction(inputs)
     tools: dict[str, list[str]] = {
         "copy floor": python_snippet(_COPY) + [str(base), "{out}"],
-        "lotavec sum": python_snippet(_LOTAVEC) + [str(base), "{out}", "sum", str(density), *map(str, tks)],
-        "lotavec ties": python_snippet(_LOTAVEC) + [str(base), "{out}", "ties", str(density), *map(str, tks)],
+        "lotavec sum": python_snippet(_LOTAVEC) + [str(base), "{out}", "sum", str(density), "fsync", *map(str, tks)],
+        "lotavec sum --no-fsync": python_snippet(_LOTAVEC) + [str(base), "{out}", "sum", str(density), "nofsync",
+                                                             *map(str, tks)],
+        "lotavec ties": python_snippet(_LOTAVEC) + [str(base), "{out}", "ties", str(density), "fsync", *map(str, tks)],
+        "lotavec ties --no-fsync": python_snippet(_LOTAVEC) + [str(base), "{out}", "ties", str(density), "nofsync",
+                                                              *map(str, tks)],
     }
     if with_mergekit:
         for m in ("task_arithmetic", "ties"):
@@ -182,7 +188,8 @@ def table(rows: list[dict], repeat: int, density: float) -> str:
     ]
     for r in rows:
         fw, fc = r["work"]["copy floor"], r["cpu"]["copy floor"]
-        mk = {"lotavec sum": "mergekit task_arithmetic", "lotavec ties": "mergekit ties"}
+        mk = {"lotavec sum": "mergekit task_arithmetic", "lotavec ties": "mergekit ties",
+              "lotavec sum --no-fsync": "mergekit task_arithmetic", "lotavec ties --no-fsync": "mergekit ties"}
         for tool in r["work"]:
             peer = mk.get(tool)
             rel = (f"{r['peak'][tool] / r['peak'][peer]:.2f}" if peer in r["peak"] else "–")
@@ -197,8 +204,10 @@ def table(rows: list[dict], repeat: int, density: float) -> str:
         parts = [f"{r['kind']}:"]
         for ours, theirs in (("sum", "task_arithmetic"), ("ties", "ties")):
             if f"mergekit {theirs}" in w:
+                nf = w.get(f"lotavec {ours} --no-fsync")
+                extra = f" ({w[f'mergekit {theirs}'] / nf:.1f}× without fsync, like mergekit)" if nf else ""
                 parts.append(f"lotavec {ours} is {w[f'mergekit {theirs}'] / w[f'lotavec {ours}']:.1f}× faster than "
-                             f"mergekit {theirs} (wall), outputs differ on "
+                             f"mergekit {theirs} (wall){extra}, outputs differ on "
                              f"{r['diffs'].get(ours, float('nan')):.4%} of entries;")
         lines.append(" ".join(parts))
     lines += ["", "Per-run seconds: " + "; ".join(
