@@ -41,8 +41,8 @@ def make_tickets(work: Path, base: Path, ft: Path) -> dict[str, Path]:
     out = {"ulpdiff": work / "t_ulpdiff.safetensors", "raw": work / "t_raw.safetensors",
            "f32delta": work / "t_f32delta.safetensors"}
     if not out["ulpdiff"].exists():
-        extract(base, ft, out["ulpdiff"], density=0.1)
-        extract(base, ft, out["raw"], density=0.1, values="raw")
+        extract(base, ft, out["ulpdiff"], density=0.1, full_digest=True)  # full checks need digests
+        extract(base, ft, out["raw"], density=0.1, values="raw", full_digest=True)
         with load_ticket(out["ulpdiff"]) as t, open_model(base) as src, TicketWriter(out["f32delta"]) as w:
             for tt in t:
                 b = src.array(tt.name)

@@ -71,7 +71,14 @@ def verify(ticket: str, base: str | None, quick: bool, as_json: bool) -> None:
             click.echo(f"{ticket}: structure and checksums OK ({len(t)} tensors, nnz {t.nnz:,})")
         if base is not None:
             n = verify_against_base(t, resolve_model_arg(base)[0], full=not quick)
-            kind = "sampled fingerprints" if quick else "full digests"
+            with_digest = sum(1 for name in t.names if (t._file.entry(name) if t._file is not None else t[name]).base_digest)
+            if quick or with_digest == 0:
+                kind = "sampled fingerprints" + ("" if quick else " (the ticket records no full digests: "
+                                                 "extract with --full-digest for a full check)")
+            elif with_digest < len(t):
+                kind = f"full digests of {with_digest} tensors, sampled fingerprints of the others"
+            else:
+                kind = "full digests"
             result["base"] = {"model": base, "tensors": n, "check": kind}
             if not as_json:
                 click.echo(f"{ticket}: matches base {base} ({n} tensors: shapes, dtypes, {kind})")

@@ -129,6 +129,13 @@ def test_verify_against_base(lotavec_cli, cli_kit, altered_base, tiny_model_dirs
     assert r.exit_code == 1 and name in r.output and "full digest" in r.output
 
 
+def test_verify_says_when_the_ticket_has_no_full_digests(lotavec_cli, cli_kit):
+    # B was extracted without --full-digest: verify cannot claim a full check
+    r = lotavec_cli("verify", cli_kit["B"], "--base", cli_kit["base"])
+    assert r.exit_code == 0, r.output
+    assert "no full digests" in r.output and "--full-digest" in r.output
+
+
 def test_verify_base_with_dtype_change(lotavec_cli, cli_kit, tmp_path):
     dst = tmp_path / "f32"
     shutil.copytree(cli_kit["base"], dst)
