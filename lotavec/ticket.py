@@ -265,13 +265,18 @@ class Ticket:
             yield self[n]
 
     def __getitem__(self, name: str) -> TicketTensor:
+        return self.tensor(name)
+
+    def tensor(self, name: str, *, threads: int | None = None) -> TicketTensor:
+        """One decoded tensor (``ticket[name]``); a file's chunks are decoded on ``threads``
+        threads (default: all cores; 1 when the caller already works on several tensors at once)."""
         if self._file is None:
             try:
                 return self._mem[name]
             except KeyError:
                 raise NotFoundError(f"ticket has no tensor {name!r}") from None
         e = self._file.entry(name)
-        idx, pl = self._file.read_tensor(name)
+        idx, pl = self._file.read_tensor(name, threads=threads)
         return TicketTensor(e.name, e.shape, e.dtype, idx, e.values, pl, e.base_sample, e.base_digest)
 
     def info(self, name: str) -> dict[str, Any]:

@@ -449,7 +449,8 @@ def _stream(src: TensorSource, tks: list[Ticket], names: list[str], touched: set
 
     def compute(n: str) -> tuple[np.ndarray, int]:
         dtype = src.info(n)[0]
-        parts = [t[n] if n in t else None for t in tks]
+        # one decoding thread per tensor: the pool already works on several tensors at once
+        parts = [t.tensor(n, threads=1) if n in t else None for t in tks]
         return merge_tensor_values(n, src.array(n), dtype, out_dt[n], parts, params, trims)
 
     changed = 0
