@@ -43,6 +43,7 @@ SIGNATURES: dict[str, dict[str, tuple]] = {
         "lv_delta": (_I64, [_P, _P, _P, _I64, _I32, _I32, _P]),
         "lv_consensus": (_I64, [_P, _P, _I64, _I32, _I32, _P, _P, _P, _P, _I32, _I32, _I32, ctypes.c_float, _I32,
                                 _P, _P, _P, _P, _P]),
+        "lv_sum2": (_I64, [_P, _P, _I64, _I32, _I32, _P, _P, _I64, _I32, _P, _P, _I64, _I32, _P, _P]),
         "lv_sum": (_I64, [_P, _P, _I64, _I32, _I32, _I32, _I32, _P, _P, _P, _P, _P, _P, _P, _P, _P]),
     },
     "select": {

@@ -215,16 +215,6 @@ int64_t lv_apply32(uint32_t *out, const uint32_t *base, const int64_t *idx, cons
     return changed;
 }
 
-/* The exact `sum` of T lossless tickets into one tensor, fused and in cache-sized blocks (the
- * numpy twin is lotavec.merge.engine._exact_sum_values):
- *   out = base, then per entry: one ticket touches it -> the fine-tuned bits (ulpdiff: base + diff,
- *   raw: the bits); two tickets -> round(f32(base) + (d1 + d2)) with di = f32(fine-tuned_i) - f32(base)
- *   when `float_ok` (BF16, F32; the sum of two terms does not depend on their order, so this equals
- *   the float route of merge_tensor); otherwise (three or more tickets, or F16) the entry is left at
- *   the base and reported in shared[t][...] (positions j in ticket t), for the caller's float route.
- * width: 2 (BF16/F16 bits) or 4 (F32 bits); is_bf16 selects the rounding of the two-ticket route.
- * err[0] = 0 on success, 1: a ticket's fine-tuned value is Inf/NaN, 2: a two-ticket sum overflows;
- * then err[1] = ticket, err[2] = flat index. Returns the number of changed entries. */
 #define LV_BLOCK 65536
 static inline float lv_f32_of(uint32_t bits, int width) {
     uint32_t u = width == 2 ? bits << 16 : bits;
@@ -270,6 +260,74 @@ static inline __attribute__((always_inline)) int64_t lv_sum_run(
         }
     }
     return changed;
+}
+
+/* lv_sum for exactly two tickets with float_ok, without a counting pass: ticket 0 is applied
+ * exactly and marks its entries; ticket 1 applies exactly where unmarked and, where marked, sums
+ * the two float deltas (ticket 0's fine-tuned bits are read back from out). Same results, counts
+ * and errors as lv_sum. mark: LV_BLOCK bytes of scratch, all zero on entry and on return. */
+static inline __attribute__((always_inline)) int64_t lv_sum2_w(
+        int width, uint32_t expmask, void *restrict out_, const void *restrict base_, int64_t n,
+        const int64_t *restrict i0, const void *restrict p0_, int64_t n0, int32_t m0,
+        const int64_t *restrict i1, const void *restrict p1_, int64_t n1, int32_t m1,
+        int64_t *err, uint8_t *restrict mark) {
+    uint16_t *o16 = (uint16_t *)out_; const uint16_t *b16 = (const uint16_t *)base_;
+    uint32_t *o32 = (uint32_t *)out_; const uint32_t *b32 = (const uint32_t *)base_;
+    const uint16_t *p016 = (const uint16_t *)p0_, *p116 = (const uint16_t *)p1_;
+    const uint32_t *p032 = (const uint32_t *)p0_, *p132 = (const uint32_t *)p1_;
+    const uint32_t magmask = width == 2 ? 0x7FFFu : 0x7FFFFFFFu;
+    int64_t changed = 0, a = 0, c = 0;
+    for (int64_t b0 = 0; b0 < n; b0 += LV_BLOCK) {
+        int64_t b1 = b0 + LV_BLOCK < n ? b0 + LV_BLOCK : n;
+        memcpy((char *)out_ + b0 * width, (const char *)base_ + b0 * width, (size_t)(b1 - b0) * width);
+        int64_t a0 = a;
+        for (; a < n0 && i0[a] < b1; a++) {
+            int64_t i = i0[a];
+            uint32_t bb = width == 2 ? b16[i] : b32[i];
+            uint32_t pv = width == 2 ? p016[a] : p032[a];
+            uint32_t f = m0 ? pv : (width == 2 ? (uint16_t)(bb + pv) : bb + pv);
+            if ((f & expmask) == expmask) { err[0] = 1; err[1] = 0; err[2] = i; goto fail; }
+            if (width == 2) o16[i] = (uint16_t)f; else o32[i] = f;
+            changed += (f != bb) & (((f | bb) & magmask) != 0);
+            mark[i - b0] = 1;
+        }
+        for (; c < n1 && i1[c] < b1; c++) {
+            int64_t i = i1[c];
+            uint32_t bb = width == 2 ? b16[i] : b32[i];
+            uint32_t pv = width == 2 ? p116[c] : p132[c];
+            uint32_t f = m1 ? pv : (width == 2 ? (uint16_t)(bb + pv) : bb + pv);
+            if ((f & expmask) == expmask) { err[0] = 1; err[1] = 1; err[2] = i; goto fail; }
+            if (!mark[i - b0]) {
+                if (width == 2) o16[i] = (uint16_t)f; else o32[i] = f;
+                changed += (f != bb) & (((f | bb) & magmask) != 0);
+                continue;
+            }
+            uint32_t f0 = width == 2 ? o16[i] : o32[i];
+            changed -= (f0 != bb) & (((f0 | bb) & magmask) != 0);
+            float fb = lv_f32_of(bb, width);
+            float d0 = lv_f32_of(f0, width) - fb, d1 = lv_f32_of(f, width) - fb;
+            uint32_t rb = lv_bits_of(fb + (d0 + d1));
+            uint32_t nb = width == 2 ? (rb + 0x7FFFu + ((rb >> 16) & 1u)) >> 16 : rb;
+            if ((nb & expmask) == expmask) { err[0] = 2; err[1] = 1; err[2] = i; goto fail; }
+            if (width == 2) { o16[i] = (uint16_t)nb; changed += nb != bb; }
+            else { o32[i] = nb; changed += lv_f32_of(nb, 4) != lv_f32_of(bb, 4); }
+        }
+        for (int64_t j = a0; j < a; j++) mark[i0[j] - b0] = 0;
+        continue;
+    fail:
+        memset(mark, 0, LV_BLOCK);
+        return changed;
+    }
+    return changed;
+}
+
+int64_t lv_sum2(void *out_, const void *base_, int64_t n, int32_t width, int32_t is_bf16,
+                const int64_t *i0, const void *p0, int64_t n0, int32_t m0,
+                const int64_t *i1, const void *p1, int64_t n1, int32_t m1, int64_t *err, uint8_t *mark) {
+    err[0] = 0;
+    if (width == 2)
+        return lv_sum2_w(2, is_bf16 ? 0x7F80u : 0x7C00u, out_, base_, n, i0, p0, n0, m0, i1, p1, n1, m1, err, mark);
+    return lv_sum2_w(4, 0x7F800000u, out_, base_, n, i0, p0, n0, m0, i1, p1, n1, m1, err, mark);
 }
 
 /* The exact `sum` of T lossless tickets into one tensor, fused and in cache-sized blocks (the

@@ -320,6 +320,20 @@ def _exact_sum_values(name: str, flat: np.ndarray, dtype: str, parts: list[Ticke
 _SUM_BLOCK = 1 << 16
 
 
+def _raise_sum_error(name: str, dtype: str, live: list, err: np.ndarray) -> None:
+    """The typed error for a compiled sum kernel's error record (nothing when ``err[0] == 0``)."""
+    if err[0] == 1:
+        raise CorruptTicketError(
+            f"tensor {name!r}: applying ticket {live[int(err[1])][0] + 1} gives a non-finite value at flat index "
+            f"{int(err[2])}; the base is not the one this ticket was made from, or the ticket is corrupt")
+    if err[0] == 2:
+        raise MergeConfigError(
+            f"tensor {name!r}: the merged values overflow {dtype} (Inf/NaN) at flat index {int(err[2])}; "
+            "lower the weights or --lambda")
+    if err[0]:
+        raise MergeConfigError(f"tensor {name!r}: too many tickets for the compiled sum ({len(live)})")
+
+
 def _exact_sum_native(lib, name: str, flat: np.ndarray, dtype: str, parts: list[TicketTensor | None],
                       live: list[tuple[int, TicketTensor]], params: MergeParams) -> tuple[np.ndarray, int]:
     """:func:`_exact_sum_values` with the compiled kernel ``lv_sum``: copy, count and apply fused
@@ -334,6 +348,16 @@ def _exact_sum_native(lib, name: str, flat: np.ndarray, dtype: str, parts: list[
     t = len(live)
     idx = [np.ascontiguousarray(tt.indices, dtype=np.int64) for _, tt in live]
     pls = [np.ascontiguousarray(tt.payload).view(BITS[dtype]) for _, tt in live]
+    if t == 2 and dtype in ("BF16", "F32"):  # the common case: no counting pass
+        err = np.zeros(3, np.int64)
+        mark = np.zeros(_SUM_BLOCK, np.uint8)
+        modes = [1 if tt.values == "raw" else 0 for _, tt in live]
+        changed = lib.lv_sum2(native.ptr(out), native.ptr(flat), flat.size, np.dtype(BITS[dtype]).itemsize,
+                              int(dtype == "BF16"), native.ptr(idx[0]), native.ptr(pls[0]), idx[0].size, modes[0],
+                              native.ptr(idx[1]), native.ptr(pls[1]), idx[1].size, modes[1], native.ptr(err),
+                              native.ptr(mark))
+        _raise_sum_error(name, dtype, live, err)
+        return out, int(changed)
     shared = [np.empty(i.size if t > 1 else 0, np.int64) for i in idx]
     arr = ctypes.c_void_p * t
     nshared = np.zeros(t, np.int64)
@@ -348,16 +372,7 @@ def _exact_sum_native(lib, name: str, flat: np.ndarray, dtype: str, parts: list[
         int(dtype in ("BF16", "F32")), t,
         idx_p, pl_p, native.ptr(nnz), native.ptr(modes), sh_p, native.ptr(nshared), native.ptr(err),
         native.ptr(cnt), native.ptr(acc))
-    if err[0] == 1:
-        raise CorruptTicketError(
-            f"tensor {name!r}: applying ticket {live[int(err[1])][0] + 1} gives a non-finite value at flat index "
-            f"{int(err[2])}; the base is not the one this ticket was made from, or the ticket is corrupt")
-    if err[0] == 2:
-        raise MergeConfigError(
-            f"tensor {name!r}: the merged values overflow {dtype} (Inf/NaN) at flat index {int(err[2])}; "
-            "lower the weights or --lambda")
-    if err[0]:
-        raise MergeConfigError(f"tensor {name!r}: too many tickets for the compiled sum ({t})")
+    _raise_sum_error(name, dtype, live, err)
     floats: list[SparseDelta | None] = [None] * len(parts)
     for k, (i, tt) in enumerate(live):
         if nshared[k]:

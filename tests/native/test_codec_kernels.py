@@ -280,3 +280,17 @@ def test_trim_keep_agrees_with_ties(monkeypatch, n, k):
     w = rng.standard_normal(n).astype(np.float32)
     a, b = both(monkeypatch, lambda: trim_keep(w, k))
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("bad", [0, 1])
+def test_two_ticket_non_finite_refused_on_both_paths(monkeypatch, bad):
+    base = np.full(100, 0x7F7F, np.uint16)
+    idx = np.array([3, 50, 70], np.int64)
+    pls = [np.zeros(3, np.uint16), np.zeros(3, np.uint16)]
+    pls[bad][1] = 1  # that ticket's fine-tuned value at 50 is +inf
+    tks = [TicketTensor("w", (100,), "BF16", idx if k == 0 else idx + 1, "ulpdiff", pls[k]) for k in (0, 1)]
+    params = MergeParams(method="sum", weights=(1.0, 1.0))
+    for env in ("1", "0"):
+        monkeypatch.setenv(native.ENV, env)
+        with pytest.raises(CorruptTicketError, match="non-finite"):
+            merge_tensor_values("w", base, "BF16", "BF16", tks, params, None)
