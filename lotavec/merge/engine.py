@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -66,6 +67,40 @@ class MergeResult:
     bytes_written: int
     params: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+
+
+class _Buffers:
+    """Output arrays recycled between tensors of one merge (thread-safe).
+
+    ``take`` returns a buffer of at least the asked size (fresh or recycled); ``give`` returns
+    it once written out. At most ``keep`` idle buffers are held.
+    """
+
+    def __init__(self, keep: int):
+        self._free: list[np.ndarray] = []
+        self._keep = keep
+        self._lock = threading.Lock()
+
+    def take(self, nbytes: int) -> np.ndarray:
+        with self._lock:
+            fits = [i for i, b in enumerate(self._free) if b.nbytes >= nbytes]
+            if fits:
+                return self._free.pop(min(fits, key=lambda i: self._free[i].nbytes))
+        return np.empty(nbytes, np.uint8)
+
+    def give(self, buf: np.ndarray) -> None:
+        base = buf
+        while base.base is not None and isinstance(base.base, np.ndarray):
+            base = base.base
+        with self._lock:
+            if len(self._free) < self._keep and base.dtype == np.uint8 and base.ndim == 1:
+                self._free.append(base)
+
+
+def _new_like(flat: np.ndarray, buffers: _Buffers | None) -> np.ndarray:
+    if buffers is None:
+        return np.empty_like(flat)
+    return buffers.take(flat.nbytes)[: flat.nbytes].view(flat.dtype)
 
 
 def check_base_identity(base: TensorSource, tickets: Sequence[Ticket], *, full: bool = False,
@@ -163,11 +198,16 @@ def _exact_sum(params: MergeParams, n: int) -> bool:
 
 
 def merge_tensor_values(name: str, base_arr: np.ndarray, dtype: str, out_dtype: str, parts: list[TicketTensor | None],
-                        params: MergeParams, trims: dict[int, dict[str, np.ndarray]] | None) -> tuple[np.ndarray, int]:
-    """Merged storage array of one tensor (``out_dtype``) and the number of changed entries."""
+                        params: MergeParams, trims: dict[int, dict[str, np.ndarray]] | None,
+                        buffers: _Buffers | None = None) -> tuple[np.ndarray, int]:
+    """Merged storage array of one tensor (``out_dtype``) and the number of changed entries.
+
+    ``buffers``: where the compiled paths take their output array from (reused buffers avoid
+    faulting fresh memory in for every tensor); default a new array.
+    """
     flat = base_arr.reshape(-1)
     if _exact_sum(params, len(parts)) and out_dtype == dtype:
-        out, changed = _exact_sum_values(name, flat, dtype, parts, params)
+        out, changed = _exact_sum_values(name, flat, dtype, parts, params, buffers)
         return out.reshape(base_arr.shape), changed
     lib = native.kernels("codec")
     deltas: list[SparseDelta | None] = [None if tt is None else _delta_of(lib, name, flat, dtype, tt) for tt in parts]
@@ -175,7 +215,7 @@ def merge_tensor_values(name: str, base_arr: np.ndarray, dtype: str, out_dtype: 
     if (lib is not None and out_dtype == dtype and dtype in ("BF16", "F32") and get_method(params.method).consensus
             and len(parts) <= 64):
         _, prep = prepare_parts(name, deltas, params, trims=tr)  # trim / DARE per ticket
-        out, changed = _consensus_native(lib, name, flat, dtype, prep, params)
+        out, changed = _consensus_native(lib, name, flat, dtype, prep, params, buffers)
         return out.reshape(base_arr.shape), changed
     merged = merge_tensor(name, deltas, params, trims=tr)
     if out_dtype == dtype:
@@ -205,11 +245,11 @@ def _delta_of(lib, name: str, flat: np.ndarray, dtype: str, tt: TicketTensor) ->
 
 
 def _consensus_native(lib, name: str, flat: np.ndarray, dtype: str, prep: list[tuple[np.ndarray, np.ndarray]],
-                      params: MergeParams) -> tuple[np.ndarray, int]:
+                      params: MergeParams, buffers: _Buffers | None = None) -> tuple[np.ndarray, int]:
     """Sign election, disjoint mean, λ and the sum onto the base with the compiled ``lv_consensus``
     (the same float32 arithmetic, in the same order, as :func:`merge_tensor` + :func:`_put_sum`)."""
     bits = BITS[dtype]
-    out = np.empty_like(flat)
+    out = _new_like(flat, buffers)
     t = len(prep)
     idx = [np.ascontiguousarray(i, dtype=np.int64) for i, _ in prep]
     val = [np.ascontiguousarray(v, dtype=np.float32) for _, v in prep]
@@ -255,7 +295,7 @@ _SUM_CHUNK = 1 << 17
 
 
 def _exact_sum_values(name: str, flat: np.ndarray, dtype: str, parts: list[TicketTensor | None],
-                      params: MergeParams) -> tuple[np.ndarray, int]:
+                      params: MergeParams, buffers: _Buffers | None = None) -> tuple[np.ndarray, int]:
     """``sum``/``disjoint`` with unit weights, in the base dtype: lossless tickets reproduce the
     fine-tuned bits exactly where they alone touch the tensor (an integer add on the bit
     patterns); entries several tickets share, and ``f32delta`` entries, take the float route of
@@ -265,7 +305,7 @@ def _exact_sum_values(name: str, flat: np.ndarray, dtype: str, parts: list[Ticke
     live = [(i, tt) for i, tt in enumerate(parts) if tt is not None]
     lib = native.kernels("codec")
     if lib is not None and all(tt.values in ("ulpdiff", "raw") for _, tt in live):
-        return _exact_sum_native(lib, name, flat, dtype, parts, live, params)
+        return _exact_sum_native(lib, name, flat, dtype, parts, live, params, buffers)
     out = np.empty_like(flat)
     bounds = np.minimum(np.arange(0, flat.size + _SUM_CHUNK, _SUM_CHUNK, dtype=np.int64), flat.size)
     cuts = [np.searchsorted(tt.indices, bounds) for _, tt in live]
@@ -335,7 +375,8 @@ def _raise_sum_error(name: str, dtype: str, live: list, err: np.ndarray) -> None
 
 
 def _exact_sum_native(lib, name: str, flat: np.ndarray, dtype: str, parts: list[TicketTensor | None],
-                      live: list[tuple[int, TicketTensor]], params: MergeParams) -> tuple[np.ndarray, int]:
+                      live: list[tuple[int, TicketTensor]], params: MergeParams,
+                      buffers: _Buffers | None = None) -> tuple[np.ndarray, int]:
     """:func:`_exact_sum_values` with the compiled kernel ``lv_sum``: copy, count and apply fused
     in cache-sized blocks, one pass over the tensor.
 
@@ -344,7 +385,7 @@ def _exact_sum_native(lib, name: str, flat: np.ndarray, dtype: str, parts: list[
     more tickets (or shared F16 entries) are left at the base by the kernel and merged here by the
     float route of :func:`merge_tensor`.
     """
-    out = np.empty_like(flat)
+    out = _new_like(flat, buffers)
     t = len(live)
     idx = [np.ascontiguousarray(tt.indices, dtype=np.int64) for _, tt in live]
     pls = [np.ascontiguousarray(tt.payload).view(BITS[dtype]) for _, tt in live]
@@ -462,11 +503,13 @@ def _stream(src: TensorSource, tks: list[Ticket], names: list[str], touched: set
     """Write every tensor in plan order; touched ones are computed ahead on a thread pool."""
     workers = max(1, threads or os.cpu_count() or 1)
 
+    buffers = _Buffers(keep=workers + 2)
+
     def compute(n: str) -> tuple[np.ndarray, int]:
         dtype = src.info(n)[0]
         # one decoding thread per tensor: the pool already works on several tensors at once
         parts = [t.tensor(n, threads=1) if n in t else None for t in tks]
-        return merge_tensor_values(n, src.array(n), dtype, out_dt[n], parts, params, trims)
+        return merge_tensor_values(n, src.array(n), dtype, out_dt[n], parts, params, trims, buffers)
 
     changed = 0
     ahead = workers + 1
@@ -497,6 +540,7 @@ def _stream(src: TensorSource, tks: list[Ticket], names: list[str], touched: set
                 arr, c = fut.result()
                 changed += c
                 writer.write(n, arr)
+                buffers.give(arr)
             del arr
             src.release(n)
             done += 1
