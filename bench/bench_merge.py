@@ -14,9 +14,8 @@ and interleaved ``--repeat`` times, each in its own fresh process:
 * **mergekit task_arithmetic / ties**: ``mergekit.merge.run_merge`` on the base and the two dense
   fine-tunes with the same weights and density, CPU, default options (what ``mergekit-yaml`` runs).
 
-Before every run the page cache is synced (no dirty pages of earlier outputs), dropped where the
-bench runs as root (free memory: no reclaim work charged to the next tool), and the inputs are read
-once more (warm); the table's "cached" column is the smallest resident fraction seen. Times
+Before every run the page cache is synced (no dirty pages of earlier outputs) and the inputs are
+read once more (warm); the table's "cached" column is the smallest resident fraction seen. Times
 are of the timed section inside each child (imports excluded for every tool), best of the
 repeats; CPU is user+system time of the child's timed section (all threads), which other jobs on a
 shared machine disturb less than wall time. Peak RSS is the child's ``ru_maxrss`` (anonymous memory
@@ -133,15 +132,6 @@ def differing_fraction(a: Path, b: Path) -> float:
     return diff / total
 
 
-def _drop_page_cache() -> None:
-    """Drop clean page-cache pages (needs root; silently skipped otherwise)."""
-    try:
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("1\n")
-    except OSError:
-        pass
-
-
 def bench_model(kind: str, repeat: int, density: float, with_mergekit: bool, skip: set[str], tmp: Path) -> dict:
     base = base_dir(kind)
     fts = [finetuned_dir(kind, s) for s in (1, 2)]
@@ -169,11 +159,10 @@ def bench_model(kind: str, repeat: int, density: float, with_mergekit: bool, ski
         for tool, argv in tools.items():
             out = tmp / f"{kind}-{tool.replace(' ', '-')}"
             # Every run starts from the same state: no dirty pages left by the previous run's
-            # output (its write-back would compete), free memory (the outputs kept for the
-            # comparison otherwise fill the page cache, and the next run pays for reclaiming it),
-            # and the inputs back in the page cache.
+            # output (its write-back would compete), and the inputs back in the page cache.
+            # (Dropping the page cache between runs was tried and made write() copies into the
+            # page cache 2-4x slower for the next runs on this VM: not a steady state.)
             os.sync()
-            _drop_page_cache()
             warm(inputs)
             cached = min(cached, page_cache_fraction(inputs))
             runs[tool].append(run_measured([a.replace("{out}", str(out)) for a in argv]))
