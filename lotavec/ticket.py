@@ -14,6 +14,7 @@ Everything here is numpy (storage arrays; BF16 as uint16 bit patterns); see
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 from collections.abc import Iterable, Iterator, Mapping
@@ -199,6 +200,8 @@ class TicketTensor:
         ``weight == 1`` with a lossless codec writes the fine-tuned values bit-exactly;
         otherwise ``base + weight·delta`` is computed in float32 and rounded.
         """
+        if weight == 1.0 and _apply_native(self, flat):
+            return
         b = np.take(flat, self.indices)
         if weight == 1.0:
             np.put(flat, self.indices, self.finetuned(b))
@@ -208,6 +211,36 @@ class TicketTensor:
                 raise CorruptTicketError(
                     f"tensor {self.name!r}: base + {weight:g}·delta overflows {self.dtype} (non-finite result)")
             np.put(flat, self.indices, x)
+
+
+def _apply_native(tt: TicketTensor, flat: np.ndarray) -> bool:
+    """``apply_to(flat, 1.0)`` with the compiled kernels (lossless BF16/F32 tickets on a contiguous
+    array): a checking pass first, so nothing is written when a value would be non-finite.
+    Returns False when it does not apply (the caller takes the numpy path)."""
+    from . import native
+
+    lib = native.kernels("codec")
+    if (lib is None or tt.values not in ("ulpdiff", "raw") or tt.dtype not in ("BF16", "F32")
+            or not flat.flags.c_contiguous or not flat.flags.writeable or flat.dtype != _storage_of(tt.dtype)):
+        return False
+    bits = BITS[tt.dtype]
+    idx = np.ascontiguousarray(tt.indices, dtype=np.int64)
+    if idx.size and (idx[0] < 0 or idx[-1] >= flat.size):
+        return False  # let the numpy path raise its error
+    pl = np.ascontiguousarray(tt.payload).view(bits)
+    fb = flat.view(bits)
+    width, mode = np.dtype(bits).itemsize, 1 if tt.values == "raw" else 0
+    scratch = np.empty(idx.size, np.float32)
+    if lib.lv_delta(native.ptr(fb), native.ptr(idx), native.ptr(pl), idx.size, width, mode, native.ptr(scratch)) >= 0:
+        raise CorruptTicketError(
+            f"tensor {tt.name!r}: applying the ticket gives non-finite values; "
+            "the base is not the one this ticket was made from, or the ticket is corrupt")
+    del scratch
+    ns = ctypes.c_int64(0)
+    apply = lib.lv_apply16 if width == 2 else lib.lv_apply32
+    apply(native.ptr(fb), native.ptr(fb), native.ptr(idx), native.ptr(pl), idx.size, mode,
+          0x7F80 if width == 2 else 0x7F800000, None, None, ctypes.byref(ns))
+    return True
 
 
 def _storage_of(dtype: str) -> np.dtype:
@@ -412,8 +445,8 @@ def apply_to_arrays(ticket: Ticket, arrays: Mapping[str, np.ndarray], *, weight:
     if missing:
         raise NotFoundError(f"no array for ticket tensor {missing[0]!r} ({len(missing)} missing)")
 
-    def one(name: str) -> None:
-        ticket[name].apply_to(arrays[name].reshape(-1), weight)
+    def one(name: str) -> None:  # one decoding thread per tensor: tensors already run in parallel
+        ticket.tensor(name, threads=1).apply_to(arrays[name].reshape(-1), weight)
 
     workers = max(1, threads or os.cpu_count() or 1)
     if workers == 1:

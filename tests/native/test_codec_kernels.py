@@ -294,3 +294,38 @@ def test_two_ticket_non_finite_refused_on_both_paths(monkeypatch, bad):
         monkeypatch.setenv(native.ENV, env)
         with pytest.raises(CorruptTicketError, match="non-finite"):
             merge_tensor_values("w", base, "BF16", "BF16", tks, params, None)
+
+
+@pytest.mark.parametrize("dtype", ["BF16", "F32", "F16"])
+@pytest.mark.parametrize("values", ["ulpdiff", "raw"])
+def test_apply_to_agrees(monkeypatch, dtype, values):
+    base, parts = _consensus_case(dtype if dtype != "F16" else "F32", 1, seed=7)
+    if dtype == "F16":
+        b16 = base.astype(np.float16)
+        idx = parts[0].indices
+        ft = (b16.reshape(-1)[idx].view(np.uint16) + np.uint16(3)).view(np.float16)
+        tt, base = TicketTensor.from_finetuned("w", b16, ft, idx, "F16", values=values), b16
+    else:
+        tt = parts[0] if values == parts[0].values else TicketTensor.from_finetuned(
+            "w", base, parts[0].finetuned(base.reshape(-1)[parts[0].indices]), parts[0].indices, dtype, values=values)
+
+    def run():
+        flat = base.reshape(-1).copy()
+        tt.apply_to(flat)
+        return flat
+
+    a, b = both(monkeypatch, run)
+    np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8))
+
+
+def test_apply_to_refuses_non_finite_without_writing(monkeypatch):
+    base = np.full(100, 0x3F80, np.uint16)
+    base[50] = 0x7F7F
+    idx = np.array([3, 50, 70], np.int64)
+    tt = TicketTensor("w", (100,), "BF16", idx, "ulpdiff", np.array([1, 1, 1], np.uint16))
+    for env in ("1", "0"):
+        monkeypatch.setenv(native.ENV, env)
+        flat = base.copy()
+        with pytest.raises(CorruptTicketError, match="non-finite"):
+            tt.apply_to(flat)
+        np.testing.assert_array_equal(flat, base)  # nothing written, not even entry 3
