@@ -18,7 +18,8 @@ from lotavec.merge import MergeParams
 from lotavec.merge.engine import merge_tensor_values
 from lotavec.ticket import TicketTensor
 
-pytestmark = pytest.mark.skipif(native.kernels("codec") is None, reason="compiled kernels not built")
+pytestmark = pytest.mark.skipif(native.kernels("codec") is None,
+                                reason="compiled kernels not built, or disabled with LOTAVEC_NATIVE=0")
 
 
 def both(monkeypatch, fn):
