@@ -32,7 +32,6 @@ SIGNATURES: dict[str, dict[str, tuple]] = {
         "lv_gaps_decode": (_I64, [_P, _I32, _I64, _I64, _P]),
         "lv_bitmap_decode": (_I64, [_P, _I64, _I64, _P, _I64]),
         "lv_unshuffle": (None, [_P, _I32, _I64, _I32, _P]),
-        "lv_count": (None, [_P, _P, _I64]),
         "lv_gaps_max": (_I64, [_P, _I64, _I64, _I64]),
         "lv_gaps_pack": (None, [_P, _I64, _I64, _I32, _P]),
         "lv_shuffle": (None, [_P, _I32, _I64, _I32, _P]),

@@ -167,14 +167,6 @@ int64_t lv_topk_abs(const float *x, int64_t n, int64_t k, int64_t *out, uint32_t
     return m;
 }
 
-/* Count tickets per entry: count[idx[j]] += 1, saturating at 255. */
-void lv_count(uint8_t *count, const int64_t *idx, int64_t n) {
-    for (int64_t j = 0; j < n; j++) {
-        uint8_t *c = count + idx[j];
-        *c += (*c != 255);
-    }
-}
-
 /* Exact application of one lossless ticket on 16-bit storage (BF16/F16):
  *   out[idx[j]] = base[idx[j]] + payload[j]   (mode 0, ulpdiff: wrap-around add of bit patterns)
  *   out[idx[j]] = payload[j]                  (mode 1, raw: the fine-tuned bits)
