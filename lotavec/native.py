@@ -38,7 +38,7 @@ SIGNATURES: dict[str, dict[str, tuple]] = {
         "lv_first_unsorted": (_I64, [_P, _I64]),
         "lv_apply16": (_I64, [_P, _P, _P, _P, _I64, _I32, ctypes.c_uint16, _P, _P, _P]),
         "lv_apply32": (_I64, [_P, _P, _P, _P, _I64, _I32, _U32, _P, _P, _P]),
-        "lv_topk_abs": (_I64, [_P, _I64, _I64, _P, _P]),
+        "lv_topk_abs": (_I64, [_P, _I64, _I64, _P, _P, _P, _P, _P]),
         "lv_delta": (_I64, [_P, _P, _P, _I64, _I32, _I32, _P]),
         "lv_consensus": (_I64, [_P, _P, _I64, _I32, _I32, _P, _P, _P, _P, _I32, _I32, _I32, ctypes.c_float, _I32,
                                 _P, _P, _P, _P, _P]),

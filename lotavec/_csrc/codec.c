@@ -139,12 +139,14 @@ int64_t lv_first_unsorted(const int64_t *idx, int64_t n) {
     return -1;
 }
 
-/* Positions of the k largest |x| among n finite floats, increasing, with ties at the threshold
- * taken from the lowest positions first (lotavec.merge.methods.trim_keep); 0 < k < n. Radix
- * selection on the bits of |x|: a histogram of the high 16 bits, one of the low 16 bits within
- * the boundary bin, then one emitting pass. hist: 65536 uint32 of scratch. Returns the count
- * written (k). */
-int64_t lv_topk_abs(const float *x, int64_t n, int64_t k, int64_t *out, uint32_t *hist) {
+/* The k largest |x| among n finite floats, in position order, with ties at the threshold taken
+ * from the lowest positions first (lotavec.merge.methods.trim_keep); 0 < k < n. Radix selection
+ * on the bits of |x|: a histogram of the high 16 bits, one of the low 16 bits within the boundary
+ * bin, then one branch-free emitting pass. Writes the kept positions to out_pos; when idx_in is
+ * given, also idx_in[j] and x[j] of each kept j to out_idx / out_val (the trimmed ticket, without
+ * a separate gather). hist: 65536 uint32 of scratch. Returns the count written (k). */
+int64_t lv_topk_abs(const float *x, int64_t n, int64_t k, int64_t *out_pos, uint32_t *hist,
+                    const int64_t *idx_in, int64_t *out_idx, float *out_val) {
     const uint32_t *u = (const uint32_t *)x;
     memset(hist, 0, 65536 * sizeof(uint32_t));
     for (int64_t j = 0; j < n; j++) hist[(u[j] & 0x7FFFFFFFu) >> 16]++;
@@ -162,7 +164,12 @@ int64_t lv_topk_abs(const float *x, int64_t n, int64_t k, int64_t *out, uint32_t
     int64_t ties = need - above2, m = 0;
     for (int64_t j = 0; j < n; j++) {
         uint32_t key = u[j] & 0x7FFFFFFFu;
-        if (key > t || (key == t && ties-- > 0)) out[m++] = j;
+        int64_t keep = key > t;
+        if (key == t) { keep = ties > 0; ties -= keep; }  /* rare: predictable */
+        out_pos[m] = j;
+        if (idx_in) { out_idx[m] = idx_in[j]; out_val[m] = x[j]; }
+        m += keep;
+        if (m == k) break;  /* out_* hold exactly k slots */
     }
     return m;
 }

@@ -156,7 +156,7 @@ def trim_keep(values: np.ndarray, k: int) -> np.ndarray:
         v = np.ascontiguousarray(values)
         out = np.empty(k, np.int64)
         hist = np.empty(1 << 16, np.uint32)
-        m = lib.lv_topk_abs(native.ptr(v), n, k, native.ptr(out), native.ptr(hist))
+        m = lib.lv_topk_abs(native.ptr(v), n, k, native.ptr(out), native.ptr(hist), None, None, None)
         return out[:m]
     mag = np.abs(values)
     threshold = np.partition(mag, n - k)[n - k]
@@ -165,6 +165,23 @@ def trim_keep(values: np.ndarray, k: int) -> np.ndarray:
     if need > 0:
         keep[np.flatnonzero(mag == threshold)[:need]] = True
     return np.flatnonzero(keep)
+
+
+def _trimmed(idx: np.ndarray, val: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """A ticket's entries kept by :func:`trim_keep` (indices and values), gathered by the
+    compiled selection itself when available."""
+    n = val.size
+    lib = native.kernels("codec")
+    if lib is not None and 0 < k < n and val.dtype == np.float32:
+        v = np.ascontiguousarray(val)
+        ix = np.ascontiguousarray(idx, dtype=np.int64)
+        pos, out_idx, out_val = np.empty(k, np.int64), np.empty(k, np.int64), np.empty(k, np.float32)
+        hist = np.empty(1 << 16, np.uint32)
+        m = lib.lv_topk_abs(native.ptr(v), n, k, native.ptr(pos), native.ptr(hist), native.ptr(ix),
+                            native.ptr(out_idx), native.ptr(out_val))
+        return out_idx[:m], out_val[:m]
+    sel = trim_keep(val, k)
+    return (idx[sel], val[sel]) if sel.size < idx.size else (idx, val)
 
 
 def union_positions(index_arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -251,9 +268,7 @@ def _sparsify(name: str, parts: list[SparseDelta], params: MergeParams, spec: Me
             sel = _global_kept(name, i, part, trims)
             idx, val = idx[sel], val[sel]
         elif spec.sparsify == "magnitude" and p < 1.0:
-            sel = trim_keep(val, int(p * part.numel))
-            if sel.size < idx.size:
-                idx, val = idx[sel], val[sel]
+            idx, val = _trimmed(idx, val, int(p * part.numel))
         elif spec.sparsify == "random" and p < 1.0:
             keep = np.asarray(keep_for(i, name, idx.size, p), dtype=bool)
             if keep.shape != idx.shape:
