@@ -30,6 +30,10 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _util import best_of  # noqa: E402
 
 TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
 
@@ -140,12 +144,7 @@ def child_parts(args) -> dict:
     reps = args.part_reps
 
     def best(fn) -> float:
-        out = float("inf")
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fn()
-            out = min(out, time.perf_counter() - t0)
-        return out
+        return best_of(fn, reps)
 
     def time_full_update() -> float:
         params = list(smollm2_shaped().parameters())
