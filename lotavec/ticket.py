@@ -14,7 +14,6 @@ Everything here is numpy (storage arrays; BF16 as uint16 bit patterns); see
 
 from __future__ import annotations
 
-import ctypes
 import math
 import os
 from collections.abc import Iterable, Iterator, Mapping
@@ -214,32 +213,26 @@ class TicketTensor:
 
 
 def _apply_native(tt: TicketTensor, flat: np.ndarray) -> bool:
-    """``apply_to(flat, 1.0)`` with the compiled kernels (lossless BF16/F32 tickets on a contiguous
-    array): a checking pass first, so nothing is written when a value would be non-finite.
-    Returns False when it does not apply (the caller takes the numpy path)."""
+    """``apply_to(flat, 1.0)`` with the compiled kernel (lossless BF16/F32 tickets on a contiguous
+    writable array); every result is checked before anything is written. Returns False when it
+    does not apply (the caller takes the numpy path)."""
     from . import native
 
     lib = native.kernels("codec")
     if (lib is None or tt.values not in ("ulpdiff", "raw") or tt.dtype not in ("BF16", "F32")
             or not flat.flags.c_contiguous or not flat.flags.writeable or flat.dtype != _storage_of(tt.dtype)):
         return False
-    bits = BITS[tt.dtype]
     idx = np.ascontiguousarray(tt.indices, dtype=np.int64)
     if idx.size and (idx[0] < 0 or idx[-1] >= flat.size):
         return False  # let the numpy path raise its error
+    bits = BITS[tt.dtype]
     pl = np.ascontiguousarray(tt.payload).view(bits)
-    fb = flat.view(bits)
-    width, mode = np.dtype(bits).itemsize, 1 if tt.values == "raw" else 0
-    scratch = np.empty(idx.size, np.float32)
-    if lib.lv_delta(native.ptr(fb), native.ptr(idx), native.ptr(pl), idx.size, width, mode, native.ptr(scratch)) >= 0:
+    bad = lib.lv_apply(native.ptr(flat.view(bits)), native.ptr(idx), native.ptr(pl), idx.size,
+                       np.dtype(bits).itemsize, 1 if tt.values == "raw" else 0)
+    if bad >= 0:
         raise CorruptTicketError(
             f"tensor {tt.name!r}: applying the ticket gives non-finite values; "
             "the base is not the one this ticket was made from, or the ticket is corrupt")
-    del scratch
-    ns = ctypes.c_int64(0)
-    apply = lib.lv_apply16 if width == 2 else lib.lv_apply32
-    apply(native.ptr(fb), native.ptr(fb), native.ptr(idx), native.ptr(pl), idx.size, mode,
-          0x7F80 if width == 2 else 0x7F800000, None, None, ctypes.byref(ns))
     return True
 
 

@@ -174,44 +174,35 @@ int64_t lv_topk_abs(const float *x, int64_t n, int64_t k, int64_t *out_pos, uint
     return m;
 }
 
-/* Exact application of one lossless ticket on 16-bit storage (BF16/F16):
- *   out[idx[j]] = base[idx[j]] + payload[j]   (mode 0, ulpdiff: wrap-around add of bit patterns)
- *   out[idx[j]] = payload[j]                  (mode 1, raw: the fine-tuned bits)
- * Entries with count[idx[j]] > 1 (when count is given) are skipped and their positions j written to
- * shared[]; *nshared receives how many. Returns the number of entries whose value changed (bits
- * differ and not just +0/-0), or -(j + 1) for the first entry j whose result is Inf/NaN (nothing
- * after it is written). */
-int64_t lv_apply16(uint16_t *out, const uint16_t *base, const int64_t *idx, const uint16_t *payload, int64_t n,
-                   int32_t mode, uint16_t expmask, const uint8_t *count, int64_t *shared, int64_t *nshared) {
-    int64_t changed = 0, ns = 0;
+/* One pass of lv_apply; `width` is a compile-time constant at each call. With write == 0 only
+ * checks; returns the first j whose result is Inf/NaN, or -1. */
+static inline __attribute__((always_inline)) int64_t lv_apply_pass(
+        int width, int write, void *flat, const int64_t *idx, const void *payload, int64_t n, int32_t mode) {
+    uint16_t *f16 = (uint16_t *)flat; const uint16_t *p16 = (const uint16_t *)payload;
+    uint32_t *f32 = (uint32_t *)flat; const uint32_t *p32 = (const uint32_t *)payload;
+    const uint32_t expmask = width == 2 ? 0x7F80u : 0x7F800000u;
     for (int64_t j = 0; j < n; j++) {
         int64_t i = idx[j];
-        if (count && count[i] > 1) { shared[ns++] = j; continue; }
-        uint16_t b = base[i];
-        uint16_t f = mode ? payload[j] : (uint16_t)(b + payload[j]);
-        if ((f & expmask) == expmask) { *nshared = ns; return -(j + 1); }
-        out[i] = f;
-        changed += (f != b) & (((f | b) & 0x7FFF) != 0);
+        uint32_t b = width == 2 ? f16[i] : f32[i];
+        uint32_t pv = width == 2 ? p16[j] : p32[j];
+        uint32_t f = mode ? pv : (width == 2 ? (uint16_t)(b + pv) : b + pv);
+        if (!write && (f & expmask) == expmask) return j;
+        if (write) { if (width == 2) f16[i] = (uint16_t)f; else f32[i] = f; }
     }
-    *nshared = ns;
-    return changed;
+    return -1;
 }
 
-/* lv_apply16 for 32-bit storage (F32). */
-int64_t lv_apply32(uint32_t *out, const uint32_t *base, const int64_t *idx, const uint32_t *payload, int64_t n,
-                   int32_t mode, uint32_t expmask, const uint8_t *count, int64_t *shared, int64_t *nshared) {
-    int64_t changed = 0, ns = 0;
-    for (int64_t j = 0; j < n; j++) {
-        int64_t i = idx[j];
-        if (count && count[i] > 1) { shared[ns++] = j; continue; }
-        uint32_t b = base[i];
-        uint32_t f = mode ? payload[j] : (uint32_t)(b + payload[j]);
-        if ((f & expmask) == expmask) { *nshared = ns; return -(j + 1); }
-        out[i] = f;
-        changed += (f != b) & (((f | b) & 0x7FFFFFFFu) != 0);
-    }
-    *nshared = ns;
-    return changed;
+/* In place, one lossless BF16 (width 2) or F32 (width 4) ticket:
+ *   flat[idx[j]] += payload[j]   (mode 0, ulpdiff: wrap-around add of bit patterns)
+ *   flat[idx[j]]  = payload[j]   (mode 1, raw: the fine-tuned bits)
+ * Every result is checked before anything is written: returns the first j whose result would be
+ * Inf/NaN (flat untouched), or -1 once all are written. */
+int64_t lv_apply(void *flat, const int64_t *idx, const void *payload, int64_t n, int32_t width, int32_t mode) {
+    int64_t bad = width == 2 ? lv_apply_pass(2, 0, flat, idx, payload, n, mode)
+                             : lv_apply_pass(4, 0, flat, idx, payload, n, mode);
+    if (bad >= 0) return bad;
+    return width == 2 ? lv_apply_pass(2, 1, flat, idx, payload, n, mode)
+                      : lv_apply_pass(4, 1, flat, idx, payload, n, mode);
 }
 
 #define LV_BLOCK 65536
