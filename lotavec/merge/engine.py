@@ -267,12 +267,7 @@ def _consensus_native(lib, name: str, flat: np.ndarray, dtype: str, prep: list[t
         int(bool(params.resolved_normalize)) if not peft else 0, float(np.float32(params.lambda_)),
         int(params.lambda_ != 1.0), native.ptr(err), native.ptr(votes), native.ptr(mixed), native.ptr(div),
         native.ptr(seen))
-    if err[0] == 2:
-        raise MergeConfigError(
-            f"tensor {name!r}: the merged values overflow {dtype} (Inf/NaN) at flat index {int(err[2])}; "
-            "lower the weights or --lambda")
-    if err[0]:
-        raise MergeConfigError(f"tensor {name!r}: too many tickets for the compiled merge ({t})")
+    _raise_kernel_error(name, dtype, err, list(range(t)))
     return out, int(changed)
 
 
@@ -360,18 +355,19 @@ def _exact_sum_values(name: str, flat: np.ndarray, dtype: str, parts: list[Ticke
 _SUM_BLOCK = 1 << 16
 
 
-def _raise_sum_error(name: str, dtype: str, live: list, err: np.ndarray) -> None:
-    """The typed error for a compiled sum kernel's error record (nothing when ``err[0] == 0``)."""
+def _raise_kernel_error(name: str, dtype: str, err: np.ndarray, tickets: list[int]) -> None:
+    """The typed error for a compiled merge kernel's error record ``[kind, ticket, flat index]``
+    (nothing when ``kind == 0``); ``tickets``: each kernel ticket's position in the merge."""
     if err[0] == 1:
         raise CorruptTicketError(
-            f"tensor {name!r}: applying ticket {live[int(err[1])][0] + 1} gives a non-finite value at flat index "
+            f"tensor {name!r}: applying ticket {tickets[int(err[1])] + 1} gives a non-finite value at flat index "
             f"{int(err[2])}; the base is not the one this ticket was made from, or the ticket is corrupt")
     if err[0] == 2:
         raise MergeConfigError(
             f"tensor {name!r}: the merged values overflow {dtype} (Inf/NaN) at flat index {int(err[2])}; "
             "lower the weights or --lambda")
     if err[0]:
-        raise MergeConfigError(f"tensor {name!r}: too many tickets for the compiled sum ({len(live)})")
+        raise MergeConfigError(f"tensor {name!r}: too many tickets for the compiled merge ({len(tickets)})")
 
 
 def _exact_sum_native(lib, name: str, flat: np.ndarray, dtype: str, parts: list[TicketTensor | None],
@@ -397,7 +393,7 @@ def _exact_sum_native(lib, name: str, flat: np.ndarray, dtype: str, parts: list[
                               int(dtype == "BF16"), native.ptr(idx[0]), native.ptr(pls[0]), idx[0].size, modes[0],
                               native.ptr(idx[1]), native.ptr(pls[1]), idx[1].size, modes[1], native.ptr(err),
                               native.ptr(mark))
-        _raise_sum_error(name, dtype, live, err)
+        _raise_kernel_error(name, dtype, err, [i for i, _ in live])
         return out, int(changed)
     shared = [np.empty(i.size if t > 1 else 0, np.int64) for i in idx]
     arr = ctypes.c_void_p * t
@@ -413,7 +409,7 @@ def _exact_sum_native(lib, name: str, flat: np.ndarray, dtype: str, parts: list[
         int(dtype in ("BF16", "F32")), t,
         idx_p, pl_p, native.ptr(nnz), native.ptr(modes), sh_p, native.ptr(nshared), native.ptr(err),
         native.ptr(cnt), native.ptr(acc))
-    _raise_sum_error(name, dtype, live, err)
+    _raise_kernel_error(name, dtype, err, [i for i, _ in live])
     floats: list[SparseDelta | None] = [None] * len(parts)
     for k, (i, tt) in enumerate(live):
         if nshared[k]:
