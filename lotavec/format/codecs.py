@@ -97,20 +97,27 @@ def shuffle(values: np.ndarray, *, zigzag: bool = False) -> np.ndarray:
     return out
 
 
-def unshuffle(data: bytes | np.ndarray, dtype: np.dtype, n: int, *, zigzag: bool = False) -> np.ndarray:
-    """Inverse of :func:`shuffle` for ``n`` elements of ``dtype`` (then :func:`unzigzag` with ``zigzag``)."""
+def unshuffle(data: bytes | np.ndarray, dtype: np.dtype, n: int, *, zigzag: bool = False,
+              out: np.ndarray | None = None) -> np.ndarray:
+    """Inverse of :func:`shuffle` for ``n`` elements of ``dtype`` (then :func:`unzigzag` with
+    ``zigzag``), written into ``out`` (``n`` contiguous elements of ``dtype``) when given."""
     dtype = np.dtype(dtype)
     w = dtype.itemsize
     raw = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data
-    if w == 1:
-        return raw.view(dtype)
     lib = native.kernels("codec")
     if lib is not None and w in (2, 4) and raw.size == w * n:
-        out = np.empty(n, dtype=np.dtype(f"<u{w}"))
-        lib.lv_unshuffle(native.ptr(raw), w, n, int(zigzag), native.ptr(out))
-        return out.view(dtype)
-    out = _unshuffle_numpy(raw, dtype, n)
-    return unzigzag(out, 8 * w) if zigzag else out
+        res = np.empty(n, dtype=dtype) if out is None else out
+        lib.lv_unshuffle(native.ptr(raw), w, n, int(zigzag), native.ptr(res))
+        return res
+    if w == 1:
+        res = raw.view(dtype)
+    else:
+        res = _unshuffle_numpy(raw, dtype, n)
+        res = unzigzag(res, 8 * w) if zigzag else res
+    if out is None:
+        return res
+    out[:] = res
+    return out
 
 
 def _unshuffle_numpy(raw: np.ndarray, dtype: np.dtype, n: int) -> np.ndarray:
@@ -279,12 +286,13 @@ def encode_values(payload: np.ndarray, *, zigzag: bool = False) -> bytes:
     return zstd_compress(shuffle(payload, zigzag=zigzag))
 
 
-def decode_values(data: bytes | memoryview, dtype: np.dtype, nnz: int, what: str, *, zigzag: bool = False) -> np.ndarray:
+def decode_values(data: bytes | memoryview, dtype: np.dtype, nnz: int, what: str, *, zigzag: bool = False,
+                  out: np.ndarray | None = None) -> np.ndarray:
     """Inverse of :func:`encode_values` for ``nnz`` elements of ``dtype`` (then :func:`unzigzag`
-    of the unsigned patterns with ``zigzag``)."""
+    of the unsigned patterns with ``zigzag``), into ``out`` when given."""
     if nnz == 0:
         if len(data):
             raise CorruptTicketError(f"{what}: value stream must be empty when nnz=0")
-        return np.empty(0, dtype=dtype)
+        return np.empty(0, dtype=dtype) if out is None else out
     raw = zstd_decompress(data, nnz * np.dtype(dtype).itemsize, what)
-    return unshuffle(raw, np.dtype(dtype), nnz, zigzag=zigzag)
+    return unshuffle(raw, np.dtype(dtype), nnz, zigzag=zigzag, out=out)

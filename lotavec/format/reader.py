@@ -105,14 +105,11 @@ class TicketFile:
         offset = 0 if idx_out is None else chunk.start
         idx = decode_mask(chunk.mask_codec, blob[: chunk.mask_bytes], chunk.nnz, chunk.length, what, idx_out, offset)
         pl = decode_values(blob[chunk.mask_bytes :], payload_dtype(entry), chunk.nnz, what,
-                           zigzag=entry.values == "ulpdiff")
+                           zigzag=entry.values == "ulpdiff", out=payload_out)
         if entry.values == "raw" and nonfinite_bits(pl, entry.dtype).any():
             raise CorruptTicketError(f"{what}: non-finite values (the format requires finite values)")
         if entry.values == "f32delta" and not np.isfinite(pl).all():
             raise CorruptTicketError(f"{what}: non-finite deltas (the format requires finite values)")
-        if payload_out is not None:
-            payload_out[:] = pl
-            pl = payload_out
         return idx, pl
 
     def iter_chunks(self, name: str) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
