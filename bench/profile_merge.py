@@ -1,0 +1,112 @@
+"""Where a merge's time goes: per-stage CPU seconds and the writer/compute timeline (issue 4).
+
+For one model of ``_models.py`` and its two 10 % tickets, in this process (inputs warmed first):
+
+* **decode**: decoding every ticket tensor of both tickets (one thread, as a merge worker does);
+* **kernel**: the merge of every touched tensor from the decoded tickets
+  (:func:`lotavec.merge.engine.merge_tensor_values`, one thread);
+* **timeline**: one real ``lotavec.merge`` (all cores, no fsync) with its stages timed: the base
+  fingerprint check, the writer thread's time in ``write`` and waiting for computed tensors,
+  and the compute threads' kernel time (``merge_tensor_values``, summed over threads).
+
+Usage: ``./dev bench profile_merge [--model llama1b] [--method sum|ties]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _models import base_dir, ticket_path, warm  # noqa: E402
+
+
+def params_for(method: str):
+    from lotavec.merge import MergeParams
+
+    return MergeParams() if method == "sum" else MergeParams(method="ties", density=0.05, semantics="mergekit")
+
+
+def stage_cpu(model: str, method: str) -> dict[str, float]:
+    from lotavec.merge.engine import merge_tensor_values
+    from lotavec.models import open_model
+    from lotavec.ticket import load_ticket
+
+    src = open_model(base_dir(model), role="base")
+    tks = [load_ticket(ticket_path(model, s)) for s in (1, 2)]
+    names = [n for n in src.names() if any(n in t for t in tks)]
+    params = params_for(method)
+    c0 = time.process_time()
+    for n in names:  # decode only
+        for t in tks:
+            if n in t:
+                t.tensor(n, threads=1)
+    decode = time.process_time() - c0
+    kernel = 0.0
+    for n in names:  # decode again (not counted), then the kernel
+        parts = [t.tensor(n, threads=1) if n in t else None for t in tks]
+        k0 = time.process_time()
+        merge_tensor_values(n, src.array(n), src.info(n)[0], src.info(n)[0], parts, params, None)
+        kernel += time.process_time() - k0
+    src.close()
+    return {"decode": decode, "kernel": kernel, "entries": sum(t.nnz for t in tks)}
+
+
+def timeline(model: str, method: str) -> dict[str, float]:
+    import lotavec
+    import lotavec.hfwriter as hw
+    import lotavec.merge.engine as eng
+
+    busy = {"check": 0.0, "write": 0.0, "compute": 0.0}
+    lock = threading.Lock()
+
+    def timed(kind, fn):
+        def wrapper(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                with lock:
+                    busy[kind] += time.perf_counter() - t0
+        return wrapper
+
+    saved = (eng.check_base_identity, hw.ShardedWriter.write, eng.merge_tensor_values)
+    eng.check_base_identity = timed("check", saved[0])
+    hw.ShardedWriter.write = timed("write", saved[1])
+    eng.merge_tensor_values = timed("compute", saved[2])
+    out = Path(tempfile.mkdtemp(prefix="profile-merge-", dir=Path(__file__).parent / "out")) / "merged"
+    try:
+        t0, c0 = time.perf_counter(), time.process_time()
+        lotavec.merge(base_dir(model), [ticket_path(model, s) for s in (1, 2)], out, params=params_for(method),
+                      fsync=False)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    finally:
+        eng.check_base_identity, hw.ShardedWriter.write, eng.merge_tensor_values = saved
+        shutil.rmtree(out.parent, ignore_errors=True)
+    return {"wall": wall, "cpu": cpu, **busy}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="llama1b", choices=["smollm2", "llama1b"])
+    ap.add_argument("--method", default="sum", choices=["sum", "ties"])
+    args = ap.parse_args()
+    warm([base_dir(args.model), *(ticket_path(args.model, s) for s in (1, 2))])
+    st = stage_cpu(args.model, args.method)
+    tl = timeline(args.model, args.method)
+    print(f"{args.model} {args.method}, two 10 % tickets ({st['entries']:,} stored entries)")
+    print(f"decode, one thread: {st['decode']:.2f} s CPU ({st['decode'] / st['entries'] * 1e9:.1f} ns per entry)")
+    print(f"merge kernel from decoded tickets, one thread: {st['kernel']:.2f} s CPU")
+    print(f"lotavec.merge (no fsync, all cores): wall {tl['wall']:.2f} s, CPU {tl['cpu']:.2f} s; "
+          f"base check {tl['check']:.2f} s; writer in write() {tl['write']:.2f} s; "
+          f"compute (merge_tensor_values, summed over threads) {tl['compute']:.2f} s")
+
+
+if __name__ == "__main__":
+    main()
