@@ -5,9 +5,10 @@ For one model of ``_models.py`` and its two 10 % tickets, in this process (input
 * **decode**: decoding every ticket tensor of both tickets (one thread, as a merge worker does);
 * **kernel**: the merge of every touched tensor from the decoded tickets
   (:func:`lotavec.merge.engine.merge_tensor_values`, one thread);
-* **timeline**: one real ``lotavec.merge`` (all cores, no fsync) with its stages timed: the base
-  fingerprint check, the writer thread's time in ``write`` and waiting for computed tensors,
-  and the compute threads' kernel time (``merge_tensor_values``, summed over threads).
+* **timeline**: one real ``lotavec.merge`` (all cores, no fsync) with its stages timed, summed over
+  the worker threads: the base fingerprint check, decoding (``Ticket.tensor``), merging
+  (``merge_tensor_values``, which includes the compiled kernels' own writes of the output),
+  and the writes of whole arrays (``ShardedWriter.write_at``: untouched tensors, numpy paths).
 
 Usage: ``./dev bench profile_merge [--model llama1b] [--method sum|ties]``
 """
@@ -62,8 +63,9 @@ def timeline(model: str, method: str) -> dict[str, float]:
     import lotavec
     import lotavec.hfwriter as hw
     import lotavec.merge.engine as eng
+    import lotavec.ticket as tk
 
-    busy = {"check": 0.0, "write": 0.0, "compute": 0.0}
+    busy = {"check": 0.0, "decode": 0.0, "compute": 0.0, "write": 0.0}
     lock = threading.Lock()
 
     def timed(kind, fn):
@@ -76,10 +78,11 @@ def timeline(model: str, method: str) -> dict[str, float]:
                     busy[kind] += time.perf_counter() - t0
         return wrapper
 
-    saved = (eng.check_base_identity, hw.ShardedWriter.write, eng.merge_tensor_values)
+    saved = (eng.check_base_identity, tk.Ticket.tensor, eng.merge_tensor_values, hw.ShardedWriter.write_at)
     eng.check_base_identity = timed("check", saved[0])
-    hw.ShardedWriter.write = timed("write", saved[1])
+    tk.Ticket.tensor = timed("decode", saved[1])
     eng.merge_tensor_values = timed("compute", saved[2])
+    hw.ShardedWriter.write_at = timed("write", saved[3])
     out = Path(tempfile.mkdtemp(prefix="profile-merge-", dir=Path(__file__).parent / "out")) / "merged"
     try:
         t0, c0 = time.perf_counter(), time.process_time()
@@ -87,7 +90,7 @@ def timeline(model: str, method: str) -> dict[str, float]:
                       fsync=False)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     finally:
-        eng.check_base_identity, hw.ShardedWriter.write, eng.merge_tensor_values = saved
+        eng.check_base_identity, tk.Ticket.tensor, eng.merge_tensor_values, hw.ShardedWriter.write_at = saved
         shutil.rmtree(out.parent, ignore_errors=True)
     return {"wall": wall, "cpu": cpu, **busy}
 
@@ -104,8 +107,9 @@ def main() -> None:
     print(f"decode, one thread: {st['decode']:.2f} s CPU ({st['decode'] / st['entries'] * 1e9:.1f} ns per entry)")
     print(f"merge kernel from decoded tickets, one thread: {st['kernel']:.2f} s CPU")
     print(f"lotavec.merge (no fsync, all cores): wall {tl['wall']:.2f} s, CPU {tl['cpu']:.2f} s; "
-          f"base check {tl['check']:.2f} s; writer in write() {tl['write']:.2f} s; "
-          f"compute (merge_tensor_values, summed over threads) {tl['compute']:.2f} s")
+          f"base check {tl['check']:.2f} s; summed over the workers: decode {tl['decode']:.2f} s, "
+          f"merge + its own writes (merge_tensor_values) {tl['compute']:.2f} s, "
+          f"array writes (write_at) {tl['write']:.2f} s")
 
 
 if __name__ == "__main__":

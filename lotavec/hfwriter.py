@@ -25,6 +25,7 @@ import os
 import re
 import secrets
 import shutil
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -89,12 +90,14 @@ def plan_shards(entries: list[tuple[str, str, tuple[int, ...]]], max_shard_size:
 class ShardedWriter:
     """Stream tensors into safetensors shards planned up front.
 
-    Tensors must be written in plan order; a tensor may arrive in several consecutive pieces (C
-    order, e.g. blocks of rows), so even one huge tensor never has to be whole in memory.
+    Every tensor's place in its shard is known from the plan, so tensors can be written in any
+    order and from several threads (:meth:`write_at`, :meth:`target`), or appended in plan order
+    (:meth:`write`); a tensor may arrive in pieces, so even one huge tensor never has to be whole
+    in memory. Writes are positional (``pwrite``) into files opened with their header.
 
     Args:
         out_dir: existing folder to write into.
-        plan: ``(name, dtype name, shape)`` of every tensor, in the order they will be written.
+        plan: ``(name, dtype name, shape)`` of every tensor, in file order.
         max_shard_size: bytes per shard (int, or ``"5GB"``-style string).
         metadata: extra ``__metadata__`` strings for every shard (``{"format": "pt"}`` is always
             set, as transformers expects it).
@@ -104,6 +107,9 @@ class ShardedWriter:
         flush_behind: start the disk write-back of what is written every 64 MiB, on a
             background thread (Linux ``sync_file_range``), so that a final fsync finds little
             left to do; the fsync itself is the caller's (see :func:`atomic_output_dir`).
+        io_lock: held during each write (a context manager; default a :class:`threading.Lock`).
+            Threads writing at once then take turns asleep rather than spinning on the file's
+            lock in the kernel; share it with anything else that writes through :meth:`target`.
 
     Raises:
         ModelError: an empty or duplicate-name plan, or a bad ``max_shard_size``.
@@ -112,11 +118,13 @@ class ShardedWriter:
     def __init__(self, out_dir: str | os.PathLike, plan: Iterable[tuple[str, str, tuple[int, ...]]], *,
                  max_shard_size: int | str = 5_000_000_000, metadata: Mapping[str, str] | None = None,
                  weights_name: str = "model.safetensors",
-                 progress: Callable[[str, int, int], None] | None = None, flush_behind: bool = False):
+                 progress: Callable[[str, int, int], None] | None = None, flush_behind: bool = False,
+                 io_lock: contextlib.AbstractContextManager | None = None):
         self.out_dir = Path(out_dir)
         self._entries = [(str(n), str(d), tuple(int(x) for x in s)) for n, d, s in plan]
         names = [e[0] for e in self._entries]
-        if len(set(names)) != len(names):
+        self._index = {n: i for i, n in enumerate(names)}
+        if len(self._index) != len(names):
             dup = sorted({n for n in names if names.count(n) > 1})
             raise ModelError(f"write plan names tensors more than once: {dup[:5]}")
         self._nbytes = [int(np.prod(s, dtype=np.int64)) * storage_dtype(d).itemsize for _, d, s in self._entries]
@@ -126,23 +134,35 @@ class ShardedWriter:
         self.shard_names = [weights_name] if n == 1 else [f"{stem}-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
         meta = {"format": "pt", **dict(metadata or {})}
         self._shard_of = [0] * len(self._entries)
+        self._offset = [0] * len(self._entries)  # file offset of each tensor's first byte
         self._headers = []
+        self._left = []  # bytes of each shard not yet written
         for s, idx in enumerate(groups):
-            for i in idx:
-                self._shard_of[i] = s
             header, _ = build_header([(*self._entries[i], self._nbytes[i]) for i in idx], meta)
+            pos = len(header)
+            for i in idx:
+                self._shard_of[i], self._offset[i] = s, pos
+                pos += self._nbytes[i]
             self._headers.append(header)
+            self._left.append(pos - len(header))
         self.total_size = sum(self._nbytes)
         self._progress = progress
-        self._next = 0  # index of the tensor being written
-        self._done_bytes = 0  # bytes of that tensor written so far
+        self._lock = threading.Lock()
+        self._io_lock = io_lock if io_lock is not None else threading.Lock()
+        self._next = 0  # write(): index of the tensor being appended
+        self._done_bytes = 0  # write(): bytes of that tensor written so far
+        self._got = [0] * len(self._entries)  # bytes written of each tensor
         self._written = 0
-        self._fd: int | None = None
-        self._open_shard = -1
+        self._fds: dict[int, int] = {}
+        self._opened: set[int] = set()
         self._closed = False
-        self._flushed = 0  # bytes of the open shard handed to early writeback
-        self._shard_pos = 0
+        self._unflushed: dict[int, list[tuple[int, int]]] = {}  # shard -> written ranges not yet flushed
         self._flusher = _Flusher() if flush_behind else None
+
+    @property
+    def io_lock(self) -> contextlib.AbstractContextManager:
+        """The lock held during each write (see ``io_lock``)."""
+        return self._io_lock
 
     @property
     def files(self) -> list[Path]:
@@ -162,46 +182,94 @@ class ShardedWriter:
         """
         if self._closed or self._next >= len(self._entries):
             raise ModelError(f"cannot write {name!r}: every planned tensor has been written")
-        pname, dtype, shape = self._entries[self._next]
+        pname = self._entries[self._next][0]
         if name != pname:
             raise ModelError(f"tensors must be written in plan order: expected {pname!r}, got {name!r}")
-        if data.dtype != storage_dtype(dtype):
-            raise ModelError(f"tensor {name!r}: planned as {dtype} (numpy {storage_dtype(dtype)}), got numpy {data.dtype}")
-        want = self._nbytes[self._next]
-        if self._done_bytes == 0 and data.nbytes == want and tuple(data.shape) != shape:
-            raise ModelError(f"tensor {name!r}: planned shape {list(shape)}, got {list(data.shape)}")
-        if self._done_bytes + data.nbytes > want:
-            raise ModelError(f"tensor {name!r}: {self._done_bytes + data.nbytes} bytes written, plan says {want}")
-        self._ensure_shard(self._shard_of[self._next])
-        _write_all(self._fd, memoryview(np.ascontiguousarray(data).reshape(-1).view(np.uint8)))
-        self._shard_pos += data.nbytes
-        if self._flusher is not None and self._shard_pos - self._flushed >= _FLUSH_STEP:
-            self._flusher.submit(self._fd, self._flushed, self._shard_pos - self._flushed)
-            self._flushed = self._shard_pos
+        self.write_at(name, data, self._done_bytes)
         self._done_bytes += data.nbytes
-        self._written += data.nbytes
-        if self._done_bytes == want:
+        if self._done_bytes == self._nbytes[self._next]:
             self._next += 1
             self._done_bytes = 0
-            if self._progress is not None:
-                self._progress("write", self._written, self.total_size)
 
-    def _ensure_shard(self, shard: int) -> None:
-        if shard == self._open_shard:
-            return
-        self._close_fd()
-        path = self.out_dir / self.shard_names[shard]
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        self._open_shard = shard
-        _write_all(self._fd, memoryview(self._headers[shard]))
-        self._shard_pos, self._flushed = len(self._headers[shard]), 0  # file offsets
+    def write_at(self, name: str, data: np.ndarray, start: int = 0) -> None:
+        """Write (a C-order piece of) tensor ``name`` at byte ``start`` of its data; thread-safe.
 
-    def _close_fd(self) -> None:
-        if self._fd is not None:
-            if self._flusher is not None and self._shard_pos > self._flushed:
-                self._flusher.submit(self._fd, self._flushed, self._shard_pos - self._flushed)
-            os.close(self._fd)
-            self._fd = None
+        Raises:
+            ModelError: a tensor not in the plan, wrong dtype or shape, or bytes past its end.
+        """
+        i = self._check(name)
+        _, dtype, shape = self._entries[i]
+        if data.dtype != storage_dtype(dtype):
+            raise ModelError(f"tensor {name!r}: planned as {dtype} (numpy {storage_dtype(dtype)}), got numpy {data.dtype}")
+        want = self._nbytes[i]
+        if start == 0 and data.nbytes == want and tuple(data.shape) != shape:
+            raise ModelError(f"tensor {name!r}: planned shape {list(shape)}, got {list(data.shape)}")
+        if start < 0 or start + data.nbytes > want:
+            raise ModelError(f"tensor {name!r}: bytes {start}..{start + data.nbytes} written, plan says {want}")
+        fd = self._fd(self._shard_of[i])
+        _pwrite_all(fd, memoryview(np.ascontiguousarray(data).reshape(-1).view(np.uint8)), self._offset[i] + start,
+                    self._io_lock)
+        self._account(i, start, data.nbytes)
+
+    def target(self, name: str) -> tuple[int, int]:
+        """``(file descriptor, file offset)`` of tensor ``name``'s data, for code that writes it
+        itself (``pwrite``; e.g. a compiled kernel); call :meth:`finish` once it has. Thread-safe.
+
+        Raises:
+            ModelError: a tensor not in the plan.
+        """
+        i = self._check(name)
+        return self._fd(self._shard_of[i]), self._offset[i]
+
+    def finish(self, name: str) -> None:
+        """Record that every byte of tensor ``name`` was written through :meth:`target`."""
+        i = self._check(name)
+        self._account(i, 0, self._nbytes[i] - self._got[i], whole=True)
+
+    def _check(self, name: str) -> int:
+        if self._closed:
+            raise ModelError(f"cannot write {name!r}: the writer is closed")
+        i = self._index.get(name)
+        if i is None:
+            raise ModelError(f"tensor {name!r} is not in the write plan")
+        return i
+
+    def _fd(self, shard: int) -> int:
+        with self._lock:
+            fd = self._fds.get(shard)
+            if fd is None:
+                path = self.out_dir / self.shard_names[shard]
+                if shard in self._opened:  # complete and closed already (a zero-byte tensor comes late)
+                    fd = os.open(path, os.O_WRONLY)
+                else:
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                    _pwrite_all(fd, memoryview(self._headers[shard]), 0)
+                    self._opened.add(shard)
+                    if self._flusher is not None:
+                        self._unflushed.setdefault(shard, []).append((0, len(self._headers[shard])))
+                self._fds[shard] = fd
+            return fd
+
+    def _account(self, i: int, start: int, nbytes: int, whole: bool = False) -> None:
+        """Count bytes written of tensor ``i``; flush-behind and close a shard once complete."""
+        s = self._shard_of[i]
+        with self._lock:
+            self._got[i] += nbytes
+            self._written += nbytes
+            self._left[s] -= nbytes
+            complete = self._got[i] == self._nbytes[i]
+            if self._flusher is not None and nbytes:
+                ranges = self._unflushed.setdefault(s, [])
+                ranges.append((self._offset[i] + (0 if whole else start), nbytes))
+                if self._left[s] == 0 or sum(n for _, n in ranges) >= _FLUSH_STEP:
+                    for off, n in _coalesce(ranges):
+                        self._flusher.submit(self._fds[s], off, n)
+                    ranges.clear()
+            if self._left[s] == 0 and s in self._fds:
+                os.close(self._fds.pop(s))
+            written = self._written
+        if complete and self._progress is not None:
+            self._progress("write", written, self.total_size)
 
     def close(self) -> None:
         """Finish: check every planned tensor was written, write the index when sharded.
@@ -211,29 +279,36 @@ class ShardedWriter:
         """
         if self._closed:
             return
-        self._close_fd()
         self._closed = True
-        if self._flusher is not None:
-            self._flusher.close()
-        if self._next < len(self._entries):
-            missing = len(self._entries) - self._next
-            raise ModelError(f"{self.out_dir}: {missing} planned tensor(s) never written, "
-                             f"starting with {self._entries[self._next][0]!r}")
+        self._close_fds()
+        missing = [i for i, (g, n) in enumerate(zip(self._got, self._nbytes)) if g != n]
+        if missing:
+            raise ModelError(f"{self.out_dir}: {len(missing)} planned tensor(s) never written or incomplete, "
+                             f"starting with {self._entries[missing[0]][0]!r}")
         for s in range(len(self.shard_names)):  # shards of zero-byte tensors only / empty plans
-            if not (self.out_dir / self.shard_names[s]).exists():
-                self._ensure_shard(s)
-                self._close_fd()
+            if s not in self._opened:
+                fd = os.open(self.out_dir / self.shard_names[s], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                try:
+                    _pwrite_all(fd, memoryview(self._headers[s]), 0)
+                finally:
+                    os.close(fd)
         if len(self.shard_names) > 1:
             index = {"metadata": {"total_size": self.total_size},
                      "weight_map": {n: self.shard_names[self._shard_of[i]] for i, (n, _, _) in enumerate(self._entries)}}
             (self.out_dir / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
-    def abort(self) -> None:
-        """Stop without finishing (files written so far stay; remove the folder to discard them)."""
-        self._close_fd()
-        self._closed = True
+    def _close_fds(self) -> None:
+        with self._lock:
+            fds, self._fds = self._fds, {}
+        for fd in fds.values():
+            os.close(fd)
         if self._flusher is not None:
             self._flusher.close()
+
+    def abort(self) -> None:
+        """Stop without finishing (files written so far stay; remove the folder to discard them)."""
+        self._closed = True
+        self._close_fds()
 
     def __enter__(self) -> ShardedWriter:
         return self
@@ -243,6 +318,17 @@ class ShardedWriter:
             self.close()
         else:
             self.abort()
+
+
+def _coalesce(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted ``(offset, length)`` ranges with adjacent ones joined."""
+    out: list[tuple[int, int]] = []
+    for off, n in sorted(ranges):
+        if out and out[-1][0] + out[-1][1] == off:
+            out[-1] = (out[-1][0], out[-1][1] + n)
+        else:
+            out.append((off, n))
+    return out
 
 
 #: Bytes between two early write-back requests of :class:`ShardedWriter` (``flush_behind``).
@@ -296,12 +382,17 @@ def _sync_file_range():
     return fn
 
 
-def _write_all(fd: int, buf: memoryview) -> None:
-    # Large sequential writes straight from the caller's memory; os.write may write less than asked.
-    step = 1 << 30
+#: Bytes per ``pwrite`` call: a large write holds the file's lock for its whole copy, which
+#: would stall the other threads writing the same file.
+_WRITE_STEP = 1 << 20
+
+
+def _pwrite_all(fd: int, buf: memoryview, offset: int, lock: contextlib.AbstractContextManager | None = None) -> None:
+    # Straight from the caller's memory, in steps; os.pwrite may write less than asked.
     pos = 0
     while pos < len(buf):
-        pos += os.write(fd, buf[pos : pos + step])
+        with lock if lock is not None else contextlib.nullcontext():
+            pos += os.pwrite(fd, buf[pos : pos + _WRITE_STEP], offset + pos)
 
 
 # --- atomic folders ---------------------------------------------------------------------------

@@ -26,6 +26,14 @@ _I64 = ctypes.c_int64
 _I32 = ctypes.c_int32
 _U32 = ctypes.c_uint32
 
+#: Calling-convention version per library (its ``lv_abi()``); a build from older sources whose
+#: functions take other arguments is not used.
+ABI: dict[str, int] = {"codec": 3}
+
+#: Entries per output window of the merge kernels that write their result with ``pwrite``
+#: (``LV_WINDOW`` in lotavec/_csrc/codec.c): their scratch output holds this many entries.
+WINDOW = 262144
+
 #: Signatures per library: ``{function: (restype, [argtypes])}``.
 SIGNATURES: dict[str, dict[str, tuple]] = {
     "codec": {
@@ -40,9 +48,14 @@ SIGNATURES: dict[str, dict[str, tuple]] = {
         "lv_topk_abs": (_I64, [_P, _I64, _I64, _P, _P, _P, _P, _P]),
         "lv_delta": (_I64, [_P, _P, _P, _I64, _I32, _I32, _P]),
         "lv_consensus": (_I64, [_P, _P, _I64, _I32, _I32, _P, _P, _P, _P, _I32, _I32, _I32, ctypes.c_float, _I32,
-                                _P, _P, _P, _P, _P]),
-        "lv_sum2": (_I64, [_P, _P, _I64, _I32, _I32, _P, _P, _I64, _I32, _P, _P, _I64, _I32, _P, _P]),
+                                _P, _P, _P, _P, _P, _I32, _I64, _P]),
+        "lv_sum2": (_I64, [_P, _P, _I64, _I32, _I32, _P, _P, _I64, _I32, _P, _P, _I64, _I32, _P, _P, _I32, _I64, _P]),
         "lv_sum": (_I64, [_P, _P, _I64, _I32, _I32, _I32, _I32, _P, _P, _P, _P, _P, _P, _P, _P, _P]),
+        "lv_abi": (_I32, []),
+        "lv_mutex_new": (_P, []),
+        "lv_mutex_free": (None, [_P]),
+        "lv_mutex_lock": (None, [_P]),
+        "lv_mutex_unlock": (None, [_P]),
     },
     "select": {
         "lv_sel_scan": (_I64, [_P, _P, _I64, _I32, _P, _I64, _I32, _U32, _P, _P]),
@@ -84,9 +97,39 @@ def _load(name: str) -> ctypes.CDLL | None:
             return None
         f.restype = res
         f.argtypes = args
+    if name in ABI and lib.lv_abi() != ABI[name]:
+        return None
     return lib
 
 
 def ptr(a) -> int:
     """Address of a numpy array's first element (the array must stay alive during the call)."""
     return a.ctypes.data
+
+
+class Mutex:
+    """A mutex that Python code (``with mutex:``) and compiled kernels (:attr:`ptr`) share, from
+    the ``codec`` library; waiting threads sleep (ctypes releases the GIL while one waits).
+
+    Raises:
+        RuntimeError: the ``codec`` kernels are not available (check :func:`kernels` first).
+    """
+
+    def __init__(self):
+        lib = kernels("codec")
+        if lib is None:
+            raise RuntimeError("the compiled codec kernels are not available")
+        self._lib = lib
+        self.ptr = lib.lv_mutex_new()
+
+    def __enter__(self) -> Mutex:
+        self._lib.lv_mutex_lock(self.ptr)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._lib.lv_mutex_unlock(self.ptr)
+
+    def __del__(self) -> None:
+        if getattr(self, "ptr", None):
+            self._lib.lv_mutex_free(self.ptr)
+            self.ptr = None

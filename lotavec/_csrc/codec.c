@@ -8,6 +8,12 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#ifndef _WIN32
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <unistd.h>
+#endif
 
 /* Gap-coded mask (spec §5.2): width-byte gaps stored as byte planes (raw[b * nnz + j] is byte b of
  * gap j). Writes offset + local index per entry: i0 = g0, ij = i(j-1) + gj + 1. Returns the last
@@ -252,57 +258,107 @@ static inline __attribute__((always_inline)) int64_t lv_sum_run(
     return changed;
 }
 
+/* Output of the merge kernels. With fd < 0, out is the whole tensor. With fd >= 0 (POSIX), out is a
+ * scratch window of LV_WINDOW entries: each window is written with pwrite at byte offset
+ * foff + (first entry) * width of fd as soon as it is complete, while it is still in the CPU
+ * cache, so the merged tensor never exists whole in memory. lock (an lv_mutex_new mutex, or NULL)
+ * is held during each write: threads writing one file then wait asleep for each other instead of
+ * spinning on the file's lock in the kernel. A failed write sets err[0] = 4 and err[2] = errno. */
+#define LV_WINDOW 262144
+#ifdef _WIN32
+void *lv_mutex_new(void) { return NULL; }
+void lv_mutex_free(void *m) { (void)m; }
+void lv_mutex_lock(void *m) { (void)m; }
+void lv_mutex_unlock(void *m) { (void)m; }
+static int lv_flush(int fd, const char *buf, int64_t len, int64_t off, void *lock, int64_t *err) {
+    (void)fd; (void)buf; (void)len; (void)off; (void)lock;
+    err[0] = 4; err[2] = 38; /* ENOSYS: callers use the window only on POSIX systems */
+    return -1;
+}
+#else
+void *lv_mutex_new(void) {
+    pthread_mutex_t *m = (pthread_mutex_t *)malloc(sizeof(pthread_mutex_t));
+    if (m && pthread_mutex_init(m, NULL)) { free(m); m = NULL; }
+    return m;
+}
+void lv_mutex_free(void *m) { if (m) { pthread_mutex_destroy((pthread_mutex_t *)m); free(m); } }
+void lv_mutex_lock(void *m) { if (m) pthread_mutex_lock((pthread_mutex_t *)m); }
+void lv_mutex_unlock(void *m) { if (m) pthread_mutex_unlock((pthread_mutex_t *)m); }
+static int lv_flush(int fd, const char *buf, int64_t len, int64_t off, void *lock, int64_t *err) {
+    int rc = 0;
+    lv_mutex_lock(lock);
+    while (len > 0) {
+        ssize_t w = pwrite(fd, buf, (size_t)len, (off_t)off);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            err[0] = 4; err[2] = errno; rc = -1;
+            break;
+        }
+        buf += w; len -= w; off += w;
+    }
+    lv_mutex_unlock(lock);
+    return rc;
+}
+#endif
+
 /* lv_sum for exactly two tickets with float_ok, without a counting pass: ticket 0 is applied
  * exactly and marks its entries; ticket 1 applies exactly where unmarked and, where marked, sums
  * the two float deltas (ticket 0's fine-tuned bits are read back from out). Same results, counts
- * and errors as lv_sum. mark: LV_BLOCK bytes of scratch, all zero on entry and on return. */
+ * and errors as lv_sum (n1 == 0 applies one ticket). mark: LV_BLOCK bytes of scratch, all zero on
+ * entry and on return. fd, foff, lock: see LV_WINDOW. */
 static inline __attribute__((always_inline)) int64_t lv_sum2_w(
         int width, uint32_t expmask, void *restrict out_, const void *restrict base_, int64_t n,
         const int64_t *restrict i0, const void *restrict p0_, int64_t n0, int32_t m0,
         const int64_t *restrict i1, const void *restrict p1_, int64_t n1, int32_t m1,
-        int64_t *err, uint8_t *restrict mark) {
-    uint16_t *o16 = (uint16_t *)out_; const uint16_t *b16 = (const uint16_t *)base_;
-    uint32_t *o32 = (uint32_t *)out_; const uint32_t *b32 = (const uint32_t *)base_;
+        int64_t *err, uint8_t *restrict mark, int fd, int64_t foff, void *lock) {
+    const uint16_t *b16 = (const uint16_t *)base_;
+    const uint32_t *b32 = (const uint32_t *)base_;
     const uint16_t *p016 = (const uint16_t *)p0_, *p116 = (const uint16_t *)p1_;
     const uint32_t *p032 = (const uint32_t *)p0_, *p132 = (const uint32_t *)p1_;
     const uint32_t magmask = width == 2 ? 0x7FFFu : 0x7FFFFFFFu;
-    int64_t changed = 0, a = 0, c = 0;
+    int64_t changed = 0, a = 0, c = 0, w0 = 0;
     for (int64_t b0 = 0; b0 < n; b0 += LV_BLOCK) {
         int64_t b1 = b0 + LV_BLOCK < n ? b0 + LV_BLOCK : n;
-        memcpy((char *)out_ + b0 * width, (const char *)base_ + b0 * width, (size_t)(b1 - b0) * width);
+        char *ob = (char *)out_ + (fd >= 0 ? b0 - w0 : b0) * width;  /* this block's output */
+        uint16_t *o16 = (uint16_t *)ob; uint32_t *o32 = (uint32_t *)ob;
+        memcpy(ob, (const char *)base_ + b0 * width, (size_t)(b1 - b0) * width);
         int64_t a0 = a;
         for (; a < n0 && i0[a] < b1; a++) {
-            int64_t i = i0[a];
+            int64_t i = i0[a], e = i - b0;
             uint32_t bb = width == 2 ? b16[i] : b32[i];
             uint32_t pv = width == 2 ? p016[a] : p032[a];
             uint32_t f = m0 ? pv : (width == 2 ? (uint16_t)(bb + pv) : bb + pv);
             if ((f & expmask) == expmask) { err[0] = 1; err[1] = 0; err[2] = i; goto fail; }
-            if (width == 2) o16[i] = (uint16_t)f; else o32[i] = f;
+            if (width == 2) o16[e] = (uint16_t)f; else o32[e] = f;
             changed += (f != bb) & (((f | bb) & magmask) != 0);
-            mark[i - b0] = 1;
+            mark[e] = 1;
         }
         for (; c < n1 && i1[c] < b1; c++) {
-            int64_t i = i1[c];
+            int64_t i = i1[c], e = i - b0;
             uint32_t bb = width == 2 ? b16[i] : b32[i];
             uint32_t pv = width == 2 ? p116[c] : p132[c];
             uint32_t f = m1 ? pv : (width == 2 ? (uint16_t)(bb + pv) : bb + pv);
             if ((f & expmask) == expmask) { err[0] = 1; err[1] = 1; err[2] = i; goto fail; }
-            if (!mark[i - b0]) {
-                if (width == 2) o16[i] = (uint16_t)f; else o32[i] = f;
+            if (!mark[e]) {
+                if (width == 2) o16[e] = (uint16_t)f; else o32[e] = f;
                 changed += (f != bb) & (((f | bb) & magmask) != 0);
                 continue;
             }
-            uint32_t f0 = width == 2 ? o16[i] : o32[i];
+            uint32_t f0 = width == 2 ? o16[e] : o32[e];
             changed -= (f0 != bb) & (((f0 | bb) & magmask) != 0);
             float fb = lv_f32_of(bb, width);
             float d0 = lv_f32_of(f0, width) - fb, d1 = lv_f32_of(f, width) - fb;
             uint32_t rb = lv_bits_of(fb + (d0 + d1));
             uint32_t nb = width == 2 ? (rb + 0x7FFFu + ((rb >> 16) & 1u)) >> 16 : rb;
             if ((nb & expmask) == expmask) { err[0] = 2; err[1] = 1; err[2] = i; goto fail; }
-            if (width == 2) { o16[i] = (uint16_t)nb; changed += nb != bb; }
-            else { o32[i] = nb; changed += lv_f32_of(nb, 4) != lv_f32_of(bb, 4); }
+            if (width == 2) { o16[e] = (uint16_t)nb; changed += nb != bb; }
+            else { o32[e] = nb; changed += lv_f32_of(nb, 4) != lv_f32_of(bb, 4); }
         }
         for (int64_t j = a0; j < a; j++) mark[i0[j] - b0] = 0;
+        if (fd >= 0 && (b1 - w0 == LV_WINDOW || b1 == n)) {
+            if (lv_flush(fd, (const char *)out_, (b1 - w0) * width, foff + w0 * width, lock, err)) return changed;
+            w0 = b1;
+        }
         continue;
     fail:
         memset(mark, 0, LV_BLOCK);
@@ -313,11 +369,13 @@ static inline __attribute__((always_inline)) int64_t lv_sum2_w(
 
 int64_t lv_sum2(void *out_, const void *base_, int64_t n, int32_t width, int32_t is_bf16,
                 const int64_t *i0, const void *p0, int64_t n0, int32_t m0,
-                const int64_t *i1, const void *p1, int64_t n1, int32_t m1, int64_t *err, uint8_t *mark) {
+                const int64_t *i1, const void *p1, int64_t n1, int32_t m1, int64_t *err, uint8_t *mark,
+                int32_t fd, int64_t foff, void *lock) {
     err[0] = 0;
     if (width == 2)
-        return lv_sum2_w(2, is_bf16 ? 0x7F80u : 0x7C00u, out_, base_, n, i0, p0, n0, m0, i1, p1, n1, m1, err, mark);
-    return lv_sum2_w(4, 0x7F800000u, out_, base_, n, i0, p0, n0, m0, i1, p1, n1, m1, err, mark);
+        return lv_sum2_w(2, is_bf16 ? 0x7F80u : 0x7C00u, out_, base_, n, i0, p0, n0, m0, i1, p1, n1, m1, err, mark,
+                         fd, foff, lock);
+    return lv_sum2_w(4, 0x7F800000u, out_, base_, n, i0, p0, n0, m0, i1, p1, n1, m1, err, mark, fd, foff, lock);
 }
 
 /* The exact `sum` of T lossless tickets into one tensor, fused and in cache-sized blocks (the
@@ -414,21 +472,24 @@ static inline float lv_sign(float x) { return (float)((x > 0.0f) - (x < 0.0f)); 
  * out is filled from base block by block (the copy is part of the pass).
  * err[0] = 2 and err[2] = flat index when a result is Inf/NaN. Returns the changed entries.
  * Scratch: votes, mixed, div (LV_BLOCK floats each), seen (LV_BLOCK bytes, all zero on entry;
- * zero again on a successful return). */
+ * zero again on a successful return). fd, foff, lock: see LV_WINDOW. */
 int64_t lv_consensus(void *out_, const void *base_, int64_t n, int32_t width, int32_t T,
                      const int64_t *const *idx, const float *const *val, const int64_t *nnz, const float *w,
                      int32_t peft, int32_t total, int32_t normalize, float lam, int32_t apply_lam,
-                     int64_t *err, float *votes, float *mixed, float *div, uint8_t *seen) {
-    int64_t pos[64], end[64], changed = 0;
+                     int64_t *err, float *votes, float *mixed, float *div, uint8_t *seen, int32_t fd, int64_t foff,
+                     void *lock) {
+    int64_t pos[64], end[64], changed = 0, w0 = 0;
     const uint32_t expmask = width == 2 ? 0x7F80u : 0x7F800000u;
-    uint16_t *o16 = (uint16_t *)out_; const uint16_t *b16 = (const uint16_t *)base_;
-    uint32_t *o32 = (uint32_t *)out_; const uint32_t *b32 = (const uint32_t *)base_;
+    const uint16_t *b16 = (const uint16_t *)base_;
+    const uint32_t *b32 = (const uint32_t *)base_;
     err[0] = 0;
     if (T > 64) { err[0] = 3; return 0; }
     for (int t = 0; t < T; t++) pos[t] = 0;
     for (int64_t b0 = 0; b0 < n; b0 += LV_CBLOCK) {
         int64_t b1 = b0 + LV_CBLOCK < n ? b0 + LV_CBLOCK : n, len = b1 - b0;
-        memcpy((char *)out_ + b0 * width, (const char *)base_ + b0 * width, (size_t)len * width);
+        char *ob = (char *)out_ + (fd >= 0 ? b0 - w0 : b0) * width;  /* this block's output */
+        uint16_t *o16 = (uint16_t *)ob; uint32_t *o32 = (uint32_t *)ob;
+        memcpy(ob, (const char *)base_ + b0 * width, (size_t)len * width);
         int any = 0;
         for (int t = 0; t < T; t++) {
             const int64_t *ix = idx[t];
@@ -437,7 +498,7 @@ int64_t lv_consensus(void *out_, const void *base_, int64_t n, int32_t width, in
             end[t] = lo;
             any |= end[t] > pos[t];
         }
-        if (!any) continue;
+        if (!any) goto flush;
         /* Scratch entries are initialised on first touch and `seen` is cleared as results are
          * written, so no pass ever scans or clears the whole block. */
         for (int t = 0; t < T; t++) {
@@ -475,14 +536,22 @@ int64_t lv_consensus(void *out_, const void *base_, int64_t n, int32_t width, in
                 uint32_t rb = lv_bits_of(lv_f32_of(bb, width) + r);
                 uint32_t nb = width == 2 ? (rb + 0x7FFFu + ((rb >> 16) & 1u)) >> 16 : rb;
                 if ((nb & expmask) == expmask) { err[0] = 2; err[2] = i; return changed; }
-                if (width == 2) { o16[i] = (uint16_t)nb; changed += nb != bb; }
-                else { o32[i] = nb; changed += lv_f32_of(nb, 4) != lv_f32_of(bb, 4); }
+                if (width == 2) { o16[e] = (uint16_t)nb; changed += nb != bb; }
+                else { o32[e] = nb; changed += lv_f32_of(nb, 4) != lv_f32_of(bb, 4); }
             }
             pos[t] = end[t];
+        }
+    flush:
+        if (fd >= 0 && (b1 - w0 == LV_WINDOW || b1 == n)) {
+            if (lv_flush(fd, (const char *)out_, (b1 - w0) * width, foff + w0 * width, lock, err)) return changed;
+            w0 = b1;
         }
     }
     return changed;
 }
+
+/* Version of these kernels' calling conventions (lotavec/native.py refuses other builds). */
+int32_t lv_abi(void) { return 3; }
 
 /* A valid (empty) extension module, so that setuptools builds and installs this file like any
  * other; lotavec uses it only through ctypes. */

@@ -13,7 +13,6 @@ import json
 import os
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -101,6 +100,30 @@ def _new_like(flat: np.ndarray, buffers: _Buffers | None) -> np.ndarray:
     if buffers is None:
         return np.empty_like(flat)
     return buffers.take(flat.nbytes)[: flat.nbytes].view(flat.dtype)
+
+
+@dataclass
+class Sink:
+    """Where a compiled merge kernel writes a merged tensor itself, window by window (``pwrite``),
+    while each window is still in the CPU cache: file descriptor, byte offset of the tensor in
+    the file, and a scratch window of :data:`lotavec.native.WINDOW` entries (uint8, 4 bytes per
+    entry) owned by the calling thread."""
+
+    fd: int
+    offset: int
+    window: np.ndarray
+    lock: native.Mutex | None = None
+
+    @staticmethod
+    def supported() -> bool:
+        """Whether kernels can write through a sink here (compiled kernels on a POSIX system)."""
+        return os.name == "posix" and native.kernels("codec") is not None
+
+    def args(self) -> tuple[int, int, int | None]:
+        return self.fd, self.offset, (self.lock.ptr if self.lock is not None else None)
+
+
+_NO_SINK = (-1, 0, None)
 
 
 def check_base_identity(base: TensorSource, tickets: Sequence[Ticket], *, full: bool = False,
@@ -199,24 +222,25 @@ def _exact_sum(params: MergeParams, n: int) -> bool:
 
 def merge_tensor_values(name: str, base_arr: np.ndarray, dtype: str, out_dtype: str, parts: list[TicketTensor | None],
                         params: MergeParams, trims: dict[int, dict[str, np.ndarray]] | None,
-                        buffers: _Buffers | None = None) -> tuple[np.ndarray, int]:
+                        buffers: _Buffers | None = None, sink: Sink | None = None) -> tuple[np.ndarray | None, int]:
     """Merged storage array of one tensor (``out_dtype``) and the number of changed entries.
 
     ``buffers``: where the compiled paths take their output array from (reused buffers avoid
-    faulting fresh memory in for every tensor); default a new array.
+    faulting fresh memory in for every tensor); default a new array. ``sink``: where the
+    compiled paths that can write the result themselves do so (then the array is ``None``).
     """
     flat = base_arr.reshape(-1)
     if _exact_sum(params, len(parts)) and out_dtype == dtype:
-        out, changed = _exact_sum_values(name, flat, dtype, parts, params, buffers)
-        return out.reshape(base_arr.shape), changed
+        out, changed = _exact_sum_values(name, flat, dtype, parts, params, buffers, sink)
+        return (None if out is None else out.reshape(base_arr.shape)), changed
     lib = native.kernels("codec")
     deltas: list[SparseDelta | None] = [None if tt is None else _delta_of(lib, name, flat, dtype, tt) for tt in parts]
     tr = {i: trims[i][name] for i in trims if name in trims[i]} if trims else None
     if (lib is not None and out_dtype == dtype and dtype in ("BF16", "F32") and get_method(params.method).consensus
             and len(parts) <= 64):
         _, prep = prepare_parts(name, deltas, params, trims=tr)  # trim / DARE per ticket
-        out, changed = _consensus_native(lib, name, flat, dtype, prep, params, buffers)
-        return out.reshape(base_arr.shape), changed
+        out, changed = _consensus_native(lib, name, flat, dtype, prep, params, buffers, sink)
+        return (None if out is None else out.reshape(base_arr.shape)), changed
     merged = merge_tensor(name, deltas, params, trims=tr)
     if out_dtype == dtype:
         out = flat.copy()
@@ -245,11 +269,13 @@ def _delta_of(lib, name: str, flat: np.ndarray, dtype: str, tt: TicketTensor) ->
 
 
 def _consensus_native(lib, name: str, flat: np.ndarray, dtype: str, prep: list[tuple[np.ndarray, np.ndarray]],
-                      params: MergeParams, buffers: _Buffers | None = None) -> tuple[np.ndarray, int]:
+                      params: MergeParams, buffers: _Buffers | None = None,
+                      sink: Sink | None = None) -> tuple[np.ndarray | None, int]:
     """Sign election, disjoint mean, λ and the sum onto the base with the compiled ``lv_consensus``
-    (the same float32 arithmetic, in the same order, as :func:`merge_tensor` + :func:`_put_sum`)."""
+    (the same float32 arithmetic, in the same order, as :func:`merge_tensor` + :func:`_put_sum`);
+    with a ``sink`` the kernel writes the result itself and no array is returned."""
     bits = BITS[dtype]
-    out = _new_like(flat, buffers)
+    out = sink.window if sink is not None else _new_like(flat, buffers)
     t = len(prep)
     idx = [np.ascontiguousarray(i, dtype=np.int64) for i, _ in prep]
     val = [np.ascontiguousarray(v, dtype=np.float32) for _, v in prep]
@@ -266,9 +292,9 @@ def _consensus_native(lib, name: str, flat: np.ndarray, dtype: str, prep: list[t
         idx_p, val_p, native.ptr(nnz), native.ptr(w), int(peft), int(params.sign_method == "total"),
         int(bool(params.resolved_normalize)) if not peft else 0, float(np.float32(params.lambda_)),
         int(params.lambda_ != 1.0), native.ptr(err), native.ptr(votes), native.ptr(mixed), native.ptr(div),
-        native.ptr(seen))
+        native.ptr(seen), *(sink.args() if sink is not None else _NO_SINK))
     _raise_kernel_error(name, dtype, err, list(range(t)))
-    return out, int(changed)
+    return (None if sink is not None else out), int(changed)
 
 
 def _put_sum(out: np.ndarray, flat: np.ndarray, dtype: str, out_dtype: str, merged: SparseDelta, name: str = "") -> int:
@@ -290,7 +316,8 @@ _SUM_CHUNK = 1 << 17
 
 
 def _exact_sum_values(name: str, flat: np.ndarray, dtype: str, parts: list[TicketTensor | None],
-                      params: MergeParams, buffers: _Buffers | None = None) -> tuple[np.ndarray, int]:
+                      params: MergeParams, buffers: _Buffers | None = None,
+                      sink: Sink | None = None) -> tuple[np.ndarray | None, int]:
     """``sum``/``disjoint`` with unit weights, in the base dtype: lossless tickets reproduce the
     fine-tuned bits exactly where they alone touch the tensor (an integer add on the bit
     patterns); entries several tickets share, and ``f32delta`` entries, take the float route of
@@ -300,7 +327,7 @@ def _exact_sum_values(name: str, flat: np.ndarray, dtype: str, parts: list[Ticke
     live = [(i, tt) for i, tt in enumerate(parts) if tt is not None]
     lib = native.kernels("codec")
     if lib is not None and all(tt.values in ("ulpdiff", "raw") for _, tt in live):
-        return _exact_sum_native(lib, name, flat, dtype, parts, live, params, buffers)
+        return _exact_sum_native(lib, name, flat, dtype, parts, live, params, buffers, sink)
     out = np.empty_like(flat)
     bounds = np.minimum(np.arange(0, flat.size + _SUM_CHUNK, _SUM_CHUNK, dtype=np.int64), flat.size)
     cuts = [np.searchsorted(tt.indices, bounds) for _, tt in live]
@@ -357,7 +384,10 @@ _SUM_BLOCK = 1 << 16
 
 def _raise_kernel_error(name: str, dtype: str, err: np.ndarray, tickets: list[int]) -> None:
     """The typed error for a compiled merge kernel's error record ``[kind, ticket, flat index]``
-    (nothing when ``kind == 0``); ``tickets``: each kernel ticket's position in the merge."""
+    (nothing when ``kind == 0``; ``[4, -, errno]`` a failed write); ``tickets``: each kernel
+    ticket's position in the merge."""
+    if err[0] == 4:
+        raise OSError(int(err[2]), f"tensor {name!r}: writing the merged tensor failed: {os.strerror(int(err[2]))}")
     if err[0] == 1:
         raise CorruptTicketError(
             f"tensor {name!r}: applying ticket {tickets[int(err[1])] + 1} gives a non-finite value at flat index "
@@ -372,29 +402,32 @@ def _raise_kernel_error(name: str, dtype: str, err: np.ndarray, tickets: list[in
 
 def _exact_sum_native(lib, name: str, flat: np.ndarray, dtype: str, parts: list[TicketTensor | None],
                       live: list[tuple[int, TicketTensor]], params: MergeParams,
-                      buffers: _Buffers | None = None) -> tuple[np.ndarray, int]:
+                      buffers: _Buffers | None = None, sink: Sink | None = None) -> tuple[np.ndarray | None, int]:
     """:func:`_exact_sum_values` with the compiled kernel ``lv_sum``: copy, count and apply fused
     in cache-sized blocks, one pass over the tensor.
 
     Entries one ticket touches get the fine-tuned bits; entries two tickets share are summed in
     float32 by the kernel (BF16/F32; the same arithmetic as the float route). Entries of three or
     more tickets (or shared F16 entries) are left at the base by the kernel and merged here by the
-    float route of :func:`merge_tensor`.
+    float route of :func:`merge_tensor`. One ticket, or two BF16/F32 tickets (the common cases),
+    take ``lv_sum2``, which can also write the result itself through a ``sink``.
     """
-    out = _new_like(flat, buffers)
     t = len(live)
     idx = [np.ascontiguousarray(tt.indices, dtype=np.int64) for _, tt in live]
     pls = [np.ascontiguousarray(tt.payload).view(BITS[dtype]) for _, tt in live]
-    if t == 2 and dtype in ("BF16", "F32"):  # the common case: no counting pass
+    if t == 1 or (t == 2 and dtype in ("BF16", "F32")):  # no counting pass
+        out = sink.window if sink is not None else _new_like(flat, buffers)
         err = np.zeros(3, np.int64)
         mark = np.zeros(_SUM_BLOCK, np.uint8)
         modes = [1 if tt.values == "raw" else 0 for _, tt in live]
+        j = t - 1  # one ticket: the second is empty
         changed = lib.lv_sum2(native.ptr(out), native.ptr(flat), flat.size, np.dtype(BITS[dtype]).itemsize,
                               int(dtype == "BF16"), native.ptr(idx[0]), native.ptr(pls[0]), idx[0].size, modes[0],
-                              native.ptr(idx[1]), native.ptr(pls[1]), idx[1].size, modes[1], native.ptr(err),
-                              native.ptr(mark))
+                              native.ptr(idx[j]), native.ptr(pls[j]), idx[j].size if t == 2 else 0, modes[j],
+                              native.ptr(err), native.ptr(mark), *(sink.args() if sink is not None else _NO_SINK))
         _raise_kernel_error(name, dtype, err, [i for i, _ in live])
-        return out, int(changed)
+        return (None if sink is not None else out), int(changed)
+    out = _new_like(flat, buffers)
     shared = [np.empty(i.size if t > 1 else 0, np.int64) for i in idx]
     arr = ctypes.c_void_p * t
     nshared = np.zeros(t, np.int64)
@@ -477,7 +510,9 @@ def merge(base: Any, tickets: Sequence[Any], out_dir: str | os.PathLike, *, para
         out_dt = {n: (_DTYPE_NAMES[dtype] if dtype and src.info(n)[0] in TICKET_DTYPES else src.info(n)[0]) for n in names}
         plan = [(n, out_dt[n], src.info(n)[1]) for n in names]
         with atomic_output_dir(out_dir, overwrite=overwrite, fsync=fsync) as tmp:
-            writer = ShardedWriter(tmp, plan, max_shard_size=max_shard_size, flush_behind=fsync)
+            # One lock for every write, shared with the kernels that write their output themselves.
+            io_lock = native.Mutex() if Sink.supported() else None
+            writer = ShardedWriter(tmp, plan, max_shard_size=max_shard_size, flush_behind=fsync, io_lock=io_lock)
             changed = _stream(src, tks, names, touched, out_dt, params, trims, writer, threads, progress)
             writer.close()
             record = _record(src, tks, params, dtype, base_ref, ticket_refs, notes, warnings, changed, names, touched)
@@ -496,53 +531,58 @@ def merge(base: Any, tickets: Sequence[Any], out_dir: str | os.PathLike, *, para
 
 def _stream(src: TensorSource, tks: list[Ticket], names: list[str], touched: set[str], out_dt: dict[str, str],
             params: MergeParams, trims, writer: ShardedWriter, threads: int | None, progress: Progress) -> int:
-    """Write every tensor in plan order; touched ones are computed ahead on a thread pool."""
+    """Write every tensor, on a pool of worker threads, each tensor whole on one worker.
+
+    Untouched tensors are written straight from the base's mapped pages; touched ones are
+    decoded and merged, and the compiled kernels write each merged window of the output as soon
+    as it is done, while it is in the CPU cache (:class:`Sink`); other paths write the merged
+    array. Workers write positionally into the shards (:meth:`ShardedWriter.write_at`), so
+    tensors finish in any order; base pages are released as soon as a tensor is written.
+    """
     workers = max(1, threads or os.cpu_count() or 1)
-
     buffers = _Buffers(keep=workers + 2)
+    local = threading.local()
+    sinks = Sink.supported()
+    lock = writer.io_lock if sinks and isinstance(writer.io_lock, native.Mutex) else None
 
-    def compute(n: str) -> tuple[np.ndarray, int]:
+    def job(n: str) -> int:
         dtype = src.info(n)[0]
-        # one decoding thread per tensor: the pool already works on several tensors at once
-        parts = [t.tensor(n, threads=1) if n in t else None for t in tks]
-        return merge_tensor_values(n, src.array(n), dtype, out_dt[n], parts, params, trims, buffers)
+        try:
+            if n not in touched:
+                arr = src.array(n)
+                if out_dt[n] != dtype:
+                    arr = from_float32(to_float32(arr, dtype), out_dt[n])
+                writer.write_at(n, arr)
+                return 0
+            sink = None
+            if sinks:
+                if not hasattr(local, "window"):
+                    local.window = np.empty(native.WINDOW * 4, np.uint8)
+                sink = Sink(*writer.target(n), local.window, lock)
+            # one decoding thread per tensor: the pool already works on several tensors at once
+            parts = [t.tensor(n, threads=1) if n in t else None for t in tks]
+            arr, c = merge_tensor_values(n, src.array(n), dtype, out_dt[n], parts, params, trims, buffers, sink)
+            if arr is None:
+                writer.finish(n)
+            else:
+                writer.write_at(n, arr)
+                buffers.give(arr)
+            return c
+        finally:
+            src.release(n)
 
     changed = 0
-    ahead = workers + 1
     with ThreadPoolExecutor(workers) as ex:
-        pending: deque = deque()
-        it = iter(names)
-        queue_names: deque = deque()
-
-        def fill() -> None:
-            while len(pending) < ahead:
-                n = next(it, None)
-                if n is None:
-                    return
-                queue_names.append(n)
-                pending.append(ex.submit(compute, n) if n in touched else None)
-
-        fill()
-        done = 0
-        while pending:
-            fut = pending.popleft()
-            n = queue_names.popleft()
-            if fut is None:
-                arr = src.array(n)
-                if out_dt[n] != src.info(n)[0]:
-                    arr = from_float32(to_float32(arr, src.info(n)[0]), out_dt[n])
-                writer.write(n, arr)
-            else:
-                arr, c = fut.result()
-                changed += c
-                writer.write(n, arr)
-                buffers.give(arr)
-            del arr
-            src.release(n)
-            done += 1
-            if progress:
-                progress("merge", done, len(names))
-            fill()
+        futures = [ex.submit(job, n) for n in names]  # file order: the base is read front to back
+        try:
+            for done, fut in enumerate(futures, 1):
+                changed += fut.result()
+                if progress:
+                    progress("merge", done, len(names))
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
     return changed
 
 

@@ -98,7 +98,7 @@ def test_write_in_pieces_and_plan_checks(tmp_path):
         assert torch.equal(st.get_tensor("x"), torch.from_numpy(x))
         assert st.get_tensor("y").tolist() == [1.0, 2.0]
     w2 = ShardedWriter(tmp_path / "..", [("z", "F32", (1,))])
-    with pytest.raises(ModelError, match="never written, starting with 'z'"):
+    with pytest.raises(ModelError, match="never written or incomplete, starting with 'z'"):
         w2.close()
     with pytest.raises(ModelError, match="more than once"):
         ShardedWriter(tmp_path, [("z", "F32", (1,)), ("z", "F32", (1,))])
@@ -184,3 +184,47 @@ def test_flush_behind_writes_the_same_bytes_and_starts_write_back(tiny_model_dir
     # per shard, the requested ranges are consecutive and cover everything written after the header
     starts = [off for off, _, _ in calls]
     assert starts.count(0) == len([f for f in files if f.endswith(".safetensors")])
+
+
+def test_tensors_written_in_any_order_from_threads_give_the_same_files(tiny_model_dirs, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    src_dir = tiny_model_dirs["llama"]
+    ref = _copy_model(src_dir, tmp_path / "ref", max_shard_size="100KB")
+    out = tmp_path / "any"
+    out.mkdir()
+    with open_model(src_dir) as src:
+        names = src.names()
+        with ShardedWriter(out, [(n, *src.info(n)) for n in names], max_shard_size="100KB") as w:
+            def put(n):
+                a = src.array(n).reshape(-1)
+                half = a.size // 2  # two pieces, the second first; the kernel-style route for some
+                if half and len(n) % 2:
+                    fd, off = w.target(n)
+                    os.pwrite(fd, a.view(np.uint8).tobytes(), off)
+                    w.finish(n)
+                    return
+                w.write_at(n, a[half:], half * a.itemsize)
+                w.write_at(n, a[:half], 0)
+            with ThreadPoolExecutor(4) as ex:
+                list(ex.map(put, reversed(names)))
+    files = sorted(p.name for p in ref.iterdir() if p.name.endswith((".safetensors", ".index.json")))
+    assert len(files) > 2
+    for f in files:
+        assert (out / f).read_bytes() == (ref / f).read_bytes(), f
+
+
+def test_positional_writes_are_checked(tmp_path):
+    w = ShardedWriter(tmp_path, [("a", "F32", (4,)), ("b", "BF16", (2, 2))])
+    with pytest.raises(ModelError, match="'c' is not in the write plan"):
+        w.write_at("c", np.zeros(1, np.float32))
+    with pytest.raises(ModelError, match=r"bytes 8\.\.24 written, plan says 16"):
+        w.write_at("a", np.zeros(4, np.float32), 8)
+    with pytest.raises(ModelError, match="planned as BF16"):
+        w.write_at("b", np.zeros(4, np.float32))
+    w.write_at("a", np.ones(2, np.float32), 8)  # half of "a" only
+    w.write_at("b", np.zeros((2, 2), np.uint16))
+    with pytest.raises(ModelError, match="never written or incomplete, starting with 'a'"):
+        w.close()
+    with pytest.raises(ModelError, match="writer is closed"):
+        w.write_at("a", np.ones(2, np.float32))

@@ -330,3 +330,85 @@ def test_apply_to_refuses_non_finite_without_writing(monkeypatch):
         with pytest.raises(CorruptTicketError, match="non-finite"):
             tt.apply_to(flat)
         np.testing.assert_array_equal(flat, base)  # nothing written, not even entry 3
+
+
+def _through_sink(tmp_path, base, dtype, parts, params, offset=123):
+    """merge_tensor_values writing through a Sink into a file at ``offset``: (file bytes, changed)."""
+    from lotavec.merge.engine import Sink
+
+    path = tmp_path / "out.bin"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        sink = Sink(fd, offset, np.empty(native.WINDOW * 4, np.uint8), native.Mutex())
+        arr, changed = merge_tensor_values("w", base, dtype, dtype, parts, params, None, sink=sink)
+    finally:
+        os.close(fd)
+    assert arr is None  # the kernel wrote it
+    data = path.read_bytes()
+    assert len(data) == offset + base.nbytes
+    return data[offset:], changed
+
+
+@pytest.mark.parametrize("dtype", ["BF16", "F16", "F32"])
+@pytest.mark.parametrize("n_tickets", [1, 2])
+def test_exact_sum_through_a_sink_writes_what_it_would_return(tmp_path, dtype, n_tickets):
+    # 2.3 windows: full windows, a partial last one, blocks that no ticket touches
+    rng = np.random.default_rng(5)
+    numel = native.WINDOW * 2 + 70_001
+    f = (rng.standard_normal(numel) * 0.05).astype(np.float32)
+    base = {"BF16": (f.view(np.uint32) >> 16).astype(np.uint16), "F16": f.astype(np.float16), "F32": f}[dtype]
+    if dtype == "F16" and n_tickets == 2:
+        pytest.skip("two F16 tickets take the counting kernel, which returns an array")
+    parts = [_tensor(rng, "w", base, 0.05, "ulpdiff" if t == 0 else "raw", dtype) for t in range(n_tickets)]
+    params = MergeParams(method="sum", weights=(1.0,) * n_tickets)
+    want, changed = merge_tensor_values("w", base, dtype, dtype, parts, params, None)
+    got, changed_sink = _through_sink(tmp_path, base, dtype, parts, params)
+    assert got == np.ascontiguousarray(want).tobytes()
+    assert changed_sink == changed > 0
+
+
+@pytest.mark.parametrize("kw", [dict(method="ties", density=0.1, semantics="mergekit"),
+                                dict(method="dare_ties", density=0.5, seed=3)])
+def test_consensus_through_a_sink_writes_what_it_would_return(tmp_path, kw):
+    base, parts = _consensus_case("BF16", 2, seed=4, numel=40 * 14_000)  # 2.1 windows
+    params = MergeParams(**kw)
+    want, changed = merge_tensor_values("w", base, "BF16", "BF16", parts, params, None)
+    got, changed_sink = _through_sink(tmp_path, base, "BF16", parts, params, offset=7)
+    assert got == np.ascontiguousarray(want).tobytes()
+    assert changed_sink == changed > 0
+
+
+def test_a_failed_kernel_write_raises_os_error(tmp_path):
+    from lotavec.merge.engine import Sink
+
+    rng = np.random.default_rng(0)
+    base = (rng.standard_normal(1000).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+    parts = [_tensor(rng, "w", base, 0.1, "ulpdiff", "BF16")]
+    (tmp_path / "ro.bin").write_bytes(b"")
+    fd = os.open(tmp_path / "ro.bin", os.O_RDONLY)  # pwrite fails with EBADF
+    try:
+        sink = Sink(fd, 0, np.empty(native.WINDOW * 4, np.uint8), None)
+        with pytest.raises(OSError, match="tensor 'w': writing the merged tensor failed"):
+            merge_tensor_values("w", base, "BF16", "BF16", parts, MergeParams(), None, sink=sink)
+    finally:
+        os.close(fd)
+
+
+def test_mutex_is_shared_by_python_and_kernels():
+    import threading
+
+    m = native.Mutex()
+    order = []
+
+    def other():
+        with m:
+            order.append("other")
+
+    with m:
+        t = threading.Thread(target=other)
+        t.start()
+        t.join(0.2)
+        assert t.is_alive()  # waits for the lock held here
+        order.append("main")
+    t.join(5)
+    assert order == ["main", "other"]
