@@ -28,7 +28,7 @@ _U32 = ctypes.c_uint32
 
 #: Calling-convention version per library (its ``lv_abi()``); a build from older sources whose
 #: functions take other arguments is not used.
-ABI: dict[str, int] = {"codec": 3}
+ABI: dict[str, int] = {"codec": 4}
 
 #: Entries per output window of the merge kernels that write their result with ``pwrite``
 #: (``LV_WINDOW`` in lotavec/_csrc/codec.c): their scratch output holds this many entries.
@@ -49,6 +49,8 @@ SIGNATURES: dict[str, dict[str, tuple]] = {
         "lv_delta": (_I64, [_P, _P, _P, _I64, _I32, _I32, _P]),
         "lv_consensus": (_I64, [_P, _P, _I64, _I32, _I32, _P, _P, _P, _P, _I32, _I32, _I32, ctypes.c_float, _I32,
                                 _P, _P, _P, _P, _P, _I32, _I64, _P]),
+        "lv_consensus2": (_I64, [_P, _P, _I64, _I32, _P, _P, _I64, _P, _P, _I64, ctypes.c_float, ctypes.c_float,
+                                 _I32, _I32, _I32, ctypes.c_float, _I32, _P, _P, _P, _I32, _I64, _P]),
         "lv_sum2": (_I64, [_P, _P, _I64, _I32, _I32, _P, _P, _I64, _I32, _P, _P, _I64, _I32, _P, _P, _I32, _I64, _P]),
         "lv_sum": (_I64, [_P, _P, _I64, _I32, _I32, _I32, _I32, _P, _P, _P, _P, _P, _P, _P, _P, _P]),
         "lv_abi": (_I32, []),

@@ -284,15 +284,24 @@ def _consensus_native(lib, name: str, flat: np.ndarray, dtype: str, prep: list[t
     nnz = np.array([i.size for i in idx], np.int64)
     w = np.array([params.weight_of(k) for k in range(t)], np.float32)
     err = np.zeros(3, np.int64)
-    votes, mixed, div = (np.empty(_SUM_BLOCK, np.float32) for _ in range(3))
     seen = np.zeros(_SUM_BLOCK, np.uint8)
     peft = params.semantics == "peft"
+    rule = (int(peft), int(params.sign_method == "total"), int(bool(params.resolved_normalize)) if not peft else 0,
+            float(np.float32(params.lambda_)), int(params.lambda_ != 1.0))
+    if t == 2:  # the common case: three passes over the entries instead of six
+        stash = np.empty(_SUM_BLOCK, np.float32)
+        changed = lib.lv_consensus2(
+            native.ptr(out.view(bits)), native.ptr(flat.view(bits)), flat.size, np.dtype(bits).itemsize,
+            native.ptr(idx[0]), native.ptr(val[0]), idx[0].size, native.ptr(idx[1]), native.ptr(val[1]), idx[1].size,
+            float(w[0]), float(w[1]), *rule, native.ptr(err), native.ptr(stash), native.ptr(seen),
+            *(sink.args() if sink is not None else _NO_SINK))
+        _raise_kernel_error(name, dtype, err, [0, 1])
+        return (None if sink is not None else out), int(changed)
+    votes, mixed, div = (np.empty(_SUM_BLOCK, np.float32) for _ in range(3))
     changed = lib.lv_consensus(
         native.ptr(out.view(bits)), native.ptr(flat.view(bits)), flat.size, np.dtype(bits).itemsize, t,
-        idx_p, val_p, native.ptr(nnz), native.ptr(w), int(peft), int(params.sign_method == "total"),
-        int(bool(params.resolved_normalize)) if not peft else 0, float(np.float32(params.lambda_)),
-        int(params.lambda_ != 1.0), native.ptr(err), native.ptr(votes), native.ptr(mixed), native.ptr(div),
-        native.ptr(seen), *(sink.args() if sink is not None else _NO_SINK))
+        idx_p, val_p, native.ptr(nnz), native.ptr(w), *rule, native.ptr(err), native.ptr(votes), native.ptr(mixed),
+        native.ptr(div), native.ptr(seen), *(sink.args() if sink is not None else _NO_SINK))
     _raise_kernel_error(name, dtype, err, list(range(t)))
     return (None if sink is not None else out), int(changed)
 
@@ -473,7 +482,8 @@ def merge(base: Any, tickets: Sequence[Any], out_dir: str | os.PathLike, *, para
         overwrite: replace an existing ``out_dir``.
         force: merge even if base identity checks fail (reported in ``warnings``).
         verify_base: also compare full base digests (reads every touched tensor once more).
-        threads: worker threads for decoding and merging (default: all cores).
+        threads: worker threads for decoding, merging and writing (default: one per core, plus
+            one where the compiled kernels write their own output).
         base_ref, ticket_refs: Hub identities recorded in the model card and merge record.
         notes: remarks recorded in the merge record (e.g. ignored mergekit keys).
         fsync: flush the output to disk before it is renamed into place (default), so that a
@@ -539,10 +549,12 @@ def _stream(src: TensorSource, tks: list[Ticket], names: list[str], touched: set
     array. Workers write positionally into the shards (:meth:`ShardedWriter.write_at`), so
     tensors finish in any order; base pages are released as soon as a tensor is written.
     """
-    workers = max(1, threads or os.cpu_count() or 1)
+    sinks = Sink.supported()
+    # Writers wait for each other asleep on the shared lock: one worker more than cores keeps
+    # every core busy while one of them waits.
+    workers = max(1, threads or (os.cpu_count() or 1) + int(sinks))
     buffers = _Buffers(keep=workers + 2)
     local = threading.local()
-    sinks = Sink.supported()
     lock = writer.io_lock if sinks and isinstance(writer.io_lock, native.Mutex) else None
 
     def job(n: str) -> int:
