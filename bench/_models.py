@@ -193,26 +193,13 @@ def run_measured(argv: list[str], *, env: dict | None = None) -> Measured:
     return Measured(doc["wall"], rep.pop("work", None), doc["maxrss"], rep.pop("base_rss", None), rep)
 
 
-#: Environment variable read by ``back_free_memory()`` in :func:`python_snippet` children: bytes
-#: of free memory to touch and free right before the timed section. This machine is a VM that
-#: hands freed memory back to its host (virtio-balloon free page reporting, 2 MiB blocks, about
-#: 2 s after they are freed); touching such memory again costs the host a fault per page, about
-#: about a second per GB or more here. Without it, whether a run's new pages (the output's page
-#: cache above all) had been handed back decides its time more than the tool does: see
-#: ``bench/vm_memory.py``, which times the same plain copy right after freeing memory, after
-#: idling, and after idling and backing. Backing the memory first gives every tool the same fast
-#: start; it removes a cost common to all of them, so ratios against the copy floor get larger
-#: (stricter), not smaller.
-BACK_ENV = "LOTAVEC_BENCH_BACK_BYTES"
-
-
 def python_snippet(code: str) -> list[str]:
     """argv running ``code`` in a fresh interpreter.
 
     The code may call ``rss()`` (resident bytes now), ``start_sampler()`` (poll RssAnon/RssFile
-    every 5 ms from then on), ``report(**kw)`` (prints the ``@@`` line, with the sampled peaks
+    every 5 ms from then on) and ``report(**kw)`` (prints the ``@@`` line, with the sampled peaks
     ``peak_anon``/``peak_file`` and ``anon_before``/``file_before``, their values when sampling
-    started) and ``back_free_memory()`` (see :data:`BACK_ENV`).
+    started).
     """
     prelude = textwrap.dedent("""
         import json, os, sys, threading, time
@@ -237,19 +224,6 @@ def python_snippet(code: str) -> list[str]:
             global _before
             _before = _status()
             threading.Thread(target=_sample, daemon=True).start()
-        def back_free_memory():
-            # Touch free memory once through an unmapped memfd (never part of RSS) and free it,
-            # so that the timed section's new pages are ones the VM host has backed.
-            nbytes = int(os.environ.get("LOTAVEC_BENCH_BACK_BYTES", "0"))
-            if nbytes <= 0 or not hasattr(os, "memfd_create"):
-                return
-            fd = os.memfd_create("lotavec-bench-back")
-            block = bytes(64 << 20)
-            try:
-                while nbytes > 0:
-                    nbytes -= os.write(fd, block[: min(nbytes, len(block))])
-            finally:
-                os.close(fd)
         def report(**kw):
             kw.update(peak_anon=_peaks["RssAnon"], peak_file=_peaks["RssFile"], anon_before=_before["RssAnon"],
                       file_before=_before["RssFile"])

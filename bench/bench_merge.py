@@ -15,10 +15,7 @@ and interleaved ``--repeat`` times, each in its own fresh process:
   fine-tunes with the same weights and density, CPU, default options (what ``mergekit-yaml`` runs).
 
 Before every run the page cache is synced (no dirty pages of earlier outputs) and the inputs are
-read once more (warm); the table's "cached" column is the smallest resident fraction seen. Inside
-each child, right before its timed section, 1.5 x the model's bytes + 512 MiB of free memory is
-touched and freed (``_models.BACK_ENV``: this VM hands freed memory back to its host, and whether
-a run's new pages had been handed back decided its time more than the tool did). Times
+read once more (warm); the table's "cached" column is the smallest resident fraction seen. Times
 are of the timed section inside each child (imports excluded for every tool), best of the
 repeats; CPU is user+system time of the child's timed section (all threads), which other jobs on a
 shared machine disturb less than wall time. Peak RSS is the child's ``ru_maxrss`` (anonymous memory
@@ -45,7 +42,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _models import (  # noqa: E402
-    BACK_ENV,
     MODEL_KINDS,
     Measured,
     base_dir,
@@ -65,7 +61,6 @@ import numpy as np
 from lotavec.hfwriter import ShardedWriter, atomic_output_dir, copy_model_files
 from lotavec.models import open_model
 base, out = sys.argv[1], sys.argv[2]
-back_free_memory()
 r0 = rss()
 start_sampler()
 t, c = time.perf_counter(), time.process_time()
@@ -87,7 +82,6 @@ from lotavec.merge import MergeParams
 base, out, method, density, fsync, t1, t2 = sys.argv[1:8]
 params = (MergeParams(method="sum") if method == "sum" else
           MergeParams(method="ties", density=float(density), semantics="mergekit"))
-back_free_memory()
 r0 = rss()
 start_sampler()
 t, c = time.perf_counter(), time.process_time()
@@ -105,7 +99,6 @@ options = MergeOptions(quiet=True)
 options.apply_global_options()
 source = open(config).read()
 cfg = MergeConfiguration.model_validate(yaml.safe_load(source))
-back_free_memory()
 r0 = rss()
 start_sampler()
 t, c = time.perf_counter(), time.process_time()
@@ -161,8 +154,6 @@ def bench_model(kind: str, repeat: int, density: float, with_mergekit: bool, ski
             tools[f"mergekit {m}"] = python_snippet(_MERGEKIT) + [str(cfg), "{out}"]
     tools = {t: argv for t, argv in tools.items() if f"{kind}:{t}" not in skip}
     runs: dict[str, list[Measured]] = {t: [] for t in tools}
-    # new memory the runs will touch: the output's page cache and working memory (see BACK_ENV)
-    back = {BACK_ENV: str(int(1.5 * folder_bytes(base)) + (512 << 20))}
     diffs: dict[str, float] = {}
     for i in range(repeat):  # interleaved: the machine is shared and its load drifts
         for tool, argv in tools.items():
@@ -174,7 +165,7 @@ def bench_model(kind: str, repeat: int, density: float, with_mergekit: bool, ski
             os.sync()
             warm(inputs)
             cached = min(cached, page_cache_fraction(inputs))
-            runs[tool].append(run_measured([a.replace("{out}", str(out)) for a in argv], env=back))
+            runs[tool].append(run_measured([a.replace("{out}", str(out)) for a in argv]))
             log(f"{kind} #{i + 1} {tool}: {runs[tool][-1].work:.2f} s (CPU {runs[tool][-1].extra['cpu']:.2f} s), "
                 f"peak {fmt_mb(runs[tool][-1].peak_rss)}")
         if i == 0:

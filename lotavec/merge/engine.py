@@ -2,8 +2,10 @@
 
 Base tensors are memory-mapped and read lazily; tensors no ticket touches are copied straight
 through; touched tensors are decoded, merged sparse-natively (:func:`~lotavec.merge.methods.merge_tensor`)
-and written by lotavec's own streaming sharded writer, a few tensors ahead on a thread pool.
-The output folder appears atomically.
+and written into shards planned up front by lotavec's own streaming sharded writer. Each tensor
+is handled whole by one worker of a thread pool, and written positionally as soon as it is done;
+the compiled kernels write each merged window of the output themselves, while it is still in the
+CPU cache. The output folder appears atomically.
 """
 
 from __future__ import annotations
