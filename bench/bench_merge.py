@@ -15,7 +15,10 @@ and interleaved ``--repeat`` times, each in its own fresh process:
   fine-tunes with the same weights and density, CPU, default options (what ``mergekit-yaml`` runs).
 
 Before every run the page cache is synced (no dirty pages of earlier outputs) and the inputs are
-read once more (warm); the table's "cached" column is the smallest resident fraction seen. Times
+read once more (warm); the table's "cached" column is the smallest resident fraction seen. Each
+output is deleted right after its run (in the first round, lotavec's `sum`/`ties` outputs are kept
+until the mergekit output they are compared with exists): outputs left in the page cache put the
+later runs under memory pressure, and their writes then pay for the kernel's reclaim. Times
 are of the timed section inside each child (imports excluded for every tool), best of the
 repeats; CPU is user+system time of the child's timed section (all threads), which other jobs on a
 shared machine disturb less than wall time. Peak RSS is the child's ``ru_maxrss`` (anonymous memory
@@ -155,6 +158,8 @@ def bench_model(kind: str, repeat: int, density: float, with_mergekit: bool, ski
     tools = {t: argv for t, argv in tools.items() if f"{kind}:{t}" not in skip}
     runs: dict[str, list[Measured]] = {t: [] for t in tools}
     diffs: dict[str, float] = {}
+    pairs = {"mergekit task_arithmetic": ("sum", "lotavec sum"), "mergekit ties": ("ties", "lotavec ties")}
+    keep = {ours for _, ours in pairs.values()}  # outputs compared with mergekit's (first round only)
     for i in range(repeat):  # interleaved: the machine is shared and its load drifts
         for tool, argv in tools.items():
             out = tmp / f"{kind}-{tool.replace(' ', '-')}"
@@ -168,12 +173,16 @@ def bench_model(kind: str, repeat: int, density: float, with_mergekit: bool, ski
             runs[tool].append(run_measured([a.replace("{out}", str(out)) for a in argv]))
             log(f"{kind} #{i + 1} {tool}: {runs[tool][-1].work:.2f} s (CPU {runs[tool][-1].extra['cpu']:.2f} s), "
                 f"peak {fmt_mb(runs[tool][-1].peak_rss)}")
-        if i == 0:
-            for ours, theirs in (("sum", "task_arithmetic"), ("ties", "ties")):
-                if f"lotavec {ours}" in tools and f"mergekit {theirs}" in tools:
-                    diffs[ours] = differing_fraction(tmp / f"{kind}-lotavec-{ours}", tmp / f"{kind}-mergekit-{theirs}")
-        for tool in tools:
-            shutil.rmtree(tmp / f"{kind}-{tool.replace(' ', '-')}", ignore_errors=True)
+            # Delete every output at once (outputs left in the page cache put the next runs under
+            # memory pressure: the kernel then reclaims while they write), except, in the first
+            # round, the lotavec outputs that are compared with mergekit's.
+            if tool in pairs and i == 0 and pairs[tool][1] in tools:
+                ours, mine = pairs[tool]
+                mine_out = tmp / f"{kind}-{mine.replace(' ', '-')}"
+                diffs[ours] = differing_fraction(mine_out, out)
+                shutil.rmtree(mine_out, ignore_errors=True)
+            if not (i == 0 and tool in keep and any(t in tools for t, (_, o) in pairs.items() if o == tool)):
+                shutil.rmtree(out, ignore_errors=True)
     return {"kind": kind, "bytes": folder_bytes(base), "cached": cached, "diffs": diffs,
             "work": {t: min(m.work for m in ms) for t, ms in runs.items()},
             "cpu": {t: min(m.extra["cpu"] for m in ms) for t, ms in runs.items()},
