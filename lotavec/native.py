@@ -28,7 +28,7 @@ _U32 = ctypes.c_uint32
 
 #: Calling-convention version per library (its ``lv_abi()``); a build from older sources whose
 #: functions take other arguments is not used.
-ABI: dict[str, int] = {"codec": 4}
+ABI: dict[str, int] = {"codec": 5}
 
 #: Entries per output window of the merge kernels that write their result with ``pwrite``
 #: (``LV_WINDOW`` in lotavec/_csrc/codec.c): their scratch output holds this many entries.
@@ -54,6 +54,7 @@ SIGNATURES: dict[str, dict[str, tuple]] = {
         "lv_sum2": (_I64, [_P, _P, _I64, _I32, _I32, _P, _P, _I64, _I32, _P, _P, _I64, _I32, _P, _P, _I32, _I64, _P]),
         "lv_sum": (_I64, [_P, _P, _I64, _I32, _I32, _I32, _I32, _P, _P, _P, _P, _P, _P, _P, _P, _P]),
         "lv_abi": (_I32, []),
+        "lv_crc32": (_U32, [_P, _I64, _U32, _I32]),
         "lv_mutex_new": (_P, []),
         "lv_mutex_free": (None, [_P]),
         "lv_mutex_lock": (None, [_P]),

@@ -8,6 +8,7 @@ inconsistent. Decompression is bounded by the declared size.
 from __future__ import annotations
 
 import threading
+import zlib
 
 import numpy as np
 import zstandard
@@ -40,6 +41,18 @@ def _cctx(level: int) -> zstandard.ZstdCompressor:
     if c is None:
         c = cache[level] = zstandard.ZstdCompressor(level=level, write_content_size=True)
     return c
+
+
+def crc32(data: bytes | memoryview | np.ndarray, value: int = 0) -> int:
+    """``zlib.crc32(data, value)`` (the chunk checksum of spec §6); the compiled kernel folds with
+    carry-less multiplication where the CPU has it (about 4x zlib's speed here)."""
+    lib = native.kernels("codec")
+    if lib is None:
+        return zlib.crc32(data, value)
+    arr = np.frombuffer(data, np.uint8) if not isinstance(data, np.ndarray) else data.reshape(-1).view(np.uint8)
+    if arr.size and not arr.flags.c_contiguous:
+        return zlib.crc32(arr.tobytes(), value)
+    return int(lib.lv_crc32(native.ptr(arr) if arr.size else None, arr.size, value & 0xFFFFFFFF, 1))
 
 
 def zstd_compress(data: bytes | memoryview | np.ndarray, level: int = _ZSTD_LEVEL) -> bytes:

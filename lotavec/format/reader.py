@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,7 +15,7 @@ from ..errors import (
     LimitExceededError,
     NotFoundError,
 )
-from .codecs import decode_mask, decode_values
+from .codecs import crc32, decode_mask, decode_values
 from .dtypes import BITS
 from .manifest import FORMAT_NAME, MANIFEST_KEY, Chunk, Manifest, TensorEntry, parse_manifest
 from .safetensors_io import SafetensorsFile
@@ -100,7 +99,7 @@ class TicketFile:
         """
         what = f"{self.path}: tensor {entry.name!r} chunk {chunk.start // self.manifest.chunk_elements}"
         blob = self._st.buffer(entry.data)[chunk.offset : chunk.offset + chunk.mask_bytes + chunk.value_bytes]
-        if zlib.crc32(blob) != chunk.crc32:
+        if crc32(blob) != chunk.crc32:
             raise ChecksumError(f"{what}: checksum mismatch (file is corrupt; download it again)")
         offset = 0 if idx_out is None else chunk.start
         idx = decode_mask(chunk.mask_codec, blob[: chunk.mask_bytes], chunk.nnz, chunk.length, what, idx_out, offset)

@@ -6,7 +6,6 @@ import math
 import os
 import shutil
 import tempfile
-import zlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -16,7 +15,7 @@ import numpy as np
 from .. import native
 from .._tmp import reap_and_tag
 from ..errors import FormatError, InvalidHeaderError
-from .codecs import encode_mask, encode_values
+from .codecs import crc32, encode_mask, encode_values
 from .dtypes import BITS, TICKET_DTYPES
 from .manifest import (
     DEFAULT_CHUNK_ELEMENTS,
@@ -73,7 +72,7 @@ def _encode_chunk(idx: np.ndarray, start: int, length: int, payload: np.ndarray,
     """One chunk's ``(mask codec, mask stream, value stream, crc32 of both)`` (runs on the pool)."""
     codec, mask = encode_mask(idx, length, start)
     values = encode_values(payload, zigzag=zigzag)
-    return codec, mask, values, zlib.crc32(values, zlib.crc32(mask))
+    return codec, mask, values, crc32(values, crc32(mask))
 
 
 class TicketFileWriter:

@@ -412,3 +412,24 @@ def test_mutex_is_shared_by_python_and_kernels():
         order.append("main")
     t.join(5)
     assert order == ["main", "other"]
+
+
+@pytest.mark.parametrize("clmul", [1, 0])
+def test_crc32_is_zlibs(clmul):
+    import zlib
+
+    lib = native.kernels("codec")
+    rng = np.random.default_rng(1)
+    for n in [*range(0, 200), 1000, 4097, 65536 + 7, 1 << 20]:
+        b = rng.integers(0, 256, n, dtype=np.uint8)
+        for init in (0, 12345, 0xFFFFFFFF):
+            assert lib.lv_crc32(native.ptr(b) if n else None, n, init, clmul) == zlib.crc32(b.tobytes(), init), (n, init)
+
+
+def test_crc32_helper_agrees_on_both_paths(monkeypatch):
+    import zlib
+
+    data = np.random.default_rng(2).integers(0, 256, 5000, dtype=np.uint8).tobytes()
+    a, b = both(monkeypatch, lambda: (codecs.crc32(data), codecs.crc32(memoryview(data)[7:4000], 99),
+                                      codecs.crc32(b"")))
+    assert a == b == (zlib.crc32(data), zlib.crc32(data[7:4000], 99), 0)
