@@ -33,7 +33,7 @@ from .errors import (
 from .format.dtypes import BITS, TICKET_DTYPES, from_float32, to_float32
 from .format.fingerprint import base_digest, base_sample
 from .format.manifest import DEFAULT_CHUNK_ELEMENTS, TensorEntry
-from .format.reader import TicketFile, nonfinite_bits
+from .format.reader import GapCoded, TicketFile, nonfinite_bits
 from .format.writer import TicketFileWriter, check_indices
 
 VALUE_CODECS = ("ulpdiff", "raw", "f32delta")
@@ -304,6 +304,14 @@ class Ticket:
         e = self._file.entry(name)
         idx, pl = self._file.read_tensor(name, threads=threads)
         return TicketTensor(e.name, e.shape, e.dtype, idx, e.values, pl, e.base_sample, e.base_digest)
+
+    def gap_coded(self, name: str) -> GapCoded | None:
+        """One tensor with its mask left gap-coded (:meth:`TicketFile.read_tensor_gaps`), for
+        kernels that read the gaps themselves; ``None`` for in-memory tickets, bitmap-coded
+        masks, or without the compiled kernels (use :meth:`tensor` then)."""
+        if self._file is None:
+            return None
+        return self._file.read_tensor_gaps(name)
 
     def info(self, name: str) -> dict[str, Any]:
         """Shape, dtype, nnz, codecs and stored bytes of a tensor, without decoding it."""

@@ -17,29 +17,32 @@
 
 /* Gap-coded mask (spec §5.2): width-byte gaps stored as byte planes (raw[b * nnz + j] is byte b of
  * gap j). Writes offset + local index per entry: i0 = g0, ij = i(j-1) + gj + 1. Returns the last
- * local index (-1 when nnz == 0) for the caller's range check. */
-int64_t lv_gaps_decode(const uint8_t *raw, int32_t width, int64_t nnz, int64_t offset, int64_t *out) {
+ * local index (-1 when nnz == 0) for the caller's range check. With out == NULL nothing is
+ * written: only the last index is computed (the merge reads the gaps itself, see lv_gapcur). */
+static inline uint64_t lv_gap_at(const uint8_t *raw, int w, int64_t nnz, int64_t j) {
+    uint64_t g = raw[j];
+    if (w >= 2) g |= (uint64_t)raw[nnz + j] << 8;
+    if (w == 4) g |= ((uint64_t)raw[2 * nnz + j] << 16) | ((uint64_t)raw[3 * nnz + j] << 24);
+    return g;
+}
+
+static inline __attribute__((always_inline)) int64_t lv_gaps_w(const uint8_t *raw, int w, int64_t nnz,
+                                                                int64_t offset, int64_t *out) {
     int64_t i = -1;
-    const uint8_t *p0 = raw, *p1 = raw + nnz, *p2 = raw + 2 * nnz, *p3 = raw + 3 * nnz;
-    if (width == 1) {
-        for (int64_t j = 0; j < nnz; j++) { i += (int64_t)p0[j] + 1; out[j] = i + offset; }
-    } else if (width == 2) {
-        for (int64_t j = 0; j < nnz; j++) {
-            i += ((int64_t)p0[j] | ((int64_t)p1[j] << 8)) + 1;
-            out[j] = i + offset;
-        }
+    if (out) {
+        for (int64_t j = 0; j < nnz; j++) { i += (int64_t)lv_gap_at(raw, w, nnz, j) + 1; out[j] = i + offset; }
     } else {
-        for (int64_t j = 0; j < nnz; j++) {
-            uint64_t g = (uint64_t)p0[j] | ((uint64_t)p1[j] << 8) | ((uint64_t)p2[j] << 16) | ((uint64_t)p3[j] << 24);
-            i += (int64_t)g + 1;
-            out[j] = i + offset;
-        }
+        for (int64_t j = 0; j < nnz; j++) i += (int64_t)lv_gap_at(raw, w, nnz, j) + 1;
     }
     return i;
 }
 
-/* Bitmap mask (spec §5.3): LSB-first bits of `length` entries. Writes offset + position of each set
- * bit while fewer than `cap` were written; returns the number of set bits (all of them). */
+int64_t lv_gaps_decode(const uint8_t *raw, int32_t width, int64_t nnz, int64_t offset, int64_t *out) {
+    if (width == 1) return lv_gaps_w(raw, 1, nnz, offset, out);
+    if (width == 2) return lv_gaps_w(raw, 2, nnz, offset, out);
+    return lv_gaps_w(raw, 4, nnz, offset, out);
+}
+
 int64_t lv_bitmap_decode(const uint8_t *bits, int64_t length, int64_t offset, int64_t *out, int64_t cap) {
     int64_t n = 0, nbytes = (length + 7) / 8, full = length / 64;
     for (int64_t w = 0; w < full; w++) {
@@ -301,15 +304,56 @@ static int lv_flush(int fd, const char *buf, int64_t len, int64_t off, void *loc
 }
 #endif
 
+/* Where a merge kernel reads one ticket's indices from: an int64 array (lv_sum2), or the gap-coded
+ * mask chunks themselves (lv_sum2g), so that the indices are never written out. In gap mode chunk c
+ * holds cnt[c] entries: its first index is start[c] + g0, then i(j) = i(j-1) + g(j) + 1 (spec
+ * §5.2); the caller has checked every chunk's last index against the chunk's end (lv_gaps_decode
+ * with out == NULL), so the indices increase strictly over the whole tensor. i is the current
+ * index (INT64_MAX once every entry was read). */
+typedef struct {
+    const int64_t *idx;
+    const int64_t *start, *cnt; const int32_t *width; const uint8_t *const *gaps; int64_t nchunks;
+    int64_t c, j, n, i; const uint8_t *g; int w;
+} lv_cursor;
+
+static void lv_cur_enter(lv_cursor *q) {  /* gap mode: the first entry of chunk c, or of the next non-empty one */
+    while (q->c < q->nchunks && q->cnt[q->c] == 0) q->c++;
+    if (q->c >= q->nchunks) { q->i = INT64_MAX; return; }
+    q->g = q->gaps[q->c]; q->w = q->width[q->c]; q->n = q->cnt[q->c]; q->j = 0;
+    q->i = q->start[q->c] + (int64_t)lv_gap_at(q->g, q->w, q->n, 0);
+}
+
+static inline __attribute__((always_inline)) void lv_cur_next(lv_cursor *q, int gapped) {
+    if (!gapped) { q->j++; q->i = q->j < q->n ? q->idx[q->j] : INT64_MAX; return; }
+    if (++q->j < q->n) q->i += (int64_t)lv_gap_at(q->g, q->w, q->n, q->j) + 1;
+    else { q->c++; lv_cur_enter(q); }
+}
+
+static lv_cursor lv_cur_array(const int64_t *idx, int64_t n) {
+    lv_cursor q;
+    memset(&q, 0, sizeof q);
+    q.idx = idx; q.n = n; q.i = n > 0 ? idx[0] : INT64_MAX;
+    return q;
+}
+
+static lv_cursor lv_cur_gaps(int64_t nchunks, const int64_t *start, const int64_t *cnt, const int32_t *width,
+                             const uint8_t *const *gaps) {
+    lv_cursor q;
+    memset(&q, 0, sizeof q);
+    q.start = start; q.cnt = cnt; q.width = width; q.gaps = gaps; q.nchunks = nchunks;
+    lv_cur_enter(&q);
+    return q;
+}
+
 /* lv_sum for exactly two tickets with float_ok, without a counting pass: ticket 0 is applied
  * exactly and marks its entries; ticket 1 applies exactly where unmarked and, where marked, sums
  * the two float deltas (ticket 0's fine-tuned bits are read back from out). Same results, counts
- * and errors as lv_sum (n1 == 0 applies one ticket). mark: LV_BLOCK bytes of scratch, all zero on
- * entry and on return. fd, foff, lock: see LV_WINDOW. */
+ * and errors as lv_sum (an empty ticket 1 applies one ticket). mark: LV_BLOCK bytes of scratch,
+ * all zero on entry and on return (a block's marks are its number mod 255, so no pass clears
+ * them). fd, foff, lock: see LV_WINDOW. gapped: the cursors read gap-coded chunks. */
 static inline __attribute__((always_inline)) int64_t lv_sum2_w(
-        int width, uint32_t expmask, void *restrict out_, const void *restrict base_, int64_t n,
-        const int64_t *restrict i0, const void *restrict p0_, int64_t n0, int32_t m0,
-        const int64_t *restrict i1, const void *restrict p1_, int64_t n1, int32_t m1,
+        int width, int gapped, uint32_t expmask, void *restrict out_, const void *restrict base_, int64_t n,
+        lv_cursor q0, const void *restrict p0_, int32_t m0, lv_cursor q1, const void *restrict p1_, int32_t m1,
         int64_t *err, uint8_t *restrict mark, int fd, int64_t foff, void *lock) {
     const uint16_t *b16 = (const uint16_t *)base_;
     const uint32_t *b32 = (const uint32_t *)base_;
@@ -317,29 +361,30 @@ static inline __attribute__((always_inline)) int64_t lv_sum2_w(
     const uint32_t *p032 = (const uint32_t *)p0_, *p132 = (const uint32_t *)p1_;
     const uint32_t magmask = width == 2 ? 0x7FFFu : 0x7FFFFFFFu;
     int64_t changed = 0, a = 0, c = 0, w0 = 0;
+    uint8_t gen = 0;
     for (int64_t b0 = 0; b0 < n; b0 += LV_BLOCK) {
         int64_t b1 = b0 + LV_BLOCK < n ? b0 + LV_BLOCK : n;
         char *ob = (char *)out_ + (fd >= 0 ? b0 - w0 : b0) * width;  /* this block's output */
         uint16_t *o16 = (uint16_t *)ob; uint32_t *o32 = (uint32_t *)ob;
         memcpy(ob, (const char *)base_ + b0 * width, (size_t)(b1 - b0) * width);
-        int64_t a0 = a;
-        for (; a < n0 && i0[a] < b1; a++) {
-            int64_t i = i0[a], e = i - b0;
+        if (++gen == 0) { memset(mark, 0, LV_BLOCK); gen = 1; }
+        for (; q0.i < b1; a++, lv_cur_next(&q0, gapped)) {
+            int64_t i = q0.i, e = i - b0;
             uint32_t bb = width == 2 ? b16[i] : b32[i];
             uint32_t pv = width == 2 ? p016[a] : p032[a];
             uint32_t f = m0 ? pv : (width == 2 ? (uint16_t)(bb + pv) : bb + pv);
-            if ((f & expmask) == expmask) { err[0] = 1; err[1] = 0; err[2] = i; goto fail; }
+            if ((f & expmask) == expmask) { err[0] = 1; err[1] = 0; err[2] = i; goto done; }
             if (width == 2) o16[e] = (uint16_t)f; else o32[e] = f;
             changed += (f != bb) & (((f | bb) & magmask) != 0);
-            mark[e] = 1;
+            mark[e] = gen;
         }
-        for (; c < n1 && i1[c] < b1; c++) {
-            int64_t i = i1[c], e = i - b0;
+        for (; q1.i < b1; c++, lv_cur_next(&q1, gapped)) {
+            int64_t i = q1.i, e = i - b0;
             uint32_t bb = width == 2 ? b16[i] : b32[i];
             uint32_t pv = width == 2 ? p116[c] : p132[c];
             uint32_t f = m1 ? pv : (width == 2 ? (uint16_t)(bb + pv) : bb + pv);
-            if ((f & expmask) == expmask) { err[0] = 1; err[1] = 1; err[2] = i; goto fail; }
-            if (!mark[e]) {
+            if ((f & expmask) == expmask) { err[0] = 1; err[1] = 1; err[2] = i; goto done; }
+            if (mark[e] != gen) {
                 if (width == 2) o16[e] = (uint16_t)f; else o32[e] = f;
                 changed += (f != bb) & (((f | bb) & magmask) != 0);
                 continue;
@@ -350,20 +395,17 @@ static inline __attribute__((always_inline)) int64_t lv_sum2_w(
             float d0 = lv_f32_of(f0, width) - fb, d1 = lv_f32_of(f, width) - fb;
             uint32_t rb = lv_bits_of(fb + (d0 + d1));
             uint32_t nb = width == 2 ? (rb + 0x7FFFu + ((rb >> 16) & 1u)) >> 16 : rb;
-            if ((nb & expmask) == expmask) { err[0] = 2; err[1] = 1; err[2] = i; goto fail; }
+            if ((nb & expmask) == expmask) { err[0] = 2; err[1] = 1; err[2] = i; goto done; }
             if (width == 2) { o16[e] = (uint16_t)nb; changed += nb != bb; }
             else { o32[e] = nb; changed += lv_f32_of(nb, 4) != lv_f32_of(bb, 4); }
         }
-        for (int64_t j = a0; j < a; j++) mark[i0[j] - b0] = 0;
         if (fd >= 0 && (b1 - w0 == LV_WINDOW || b1 == n)) {
-            if (lv_flush(fd, (const char *)out_, (b1 - w0) * width, foff + w0 * width, lock, err)) return changed;
+            if (lv_flush(fd, (const char *)out_, (b1 - w0) * width, foff + w0 * width, lock, err)) goto done;
             w0 = b1;
         }
-        continue;
-    fail:
-        memset(mark, 0, LV_BLOCK);
-        return changed;
     }
+done:
+    memset(mark, 0, LV_BLOCK);
     return changed;
 }
 
@@ -371,11 +413,29 @@ int64_t lv_sum2(void *out_, const void *base_, int64_t n, int32_t width, int32_t
                 const int64_t *i0, const void *p0, int64_t n0, int32_t m0,
                 const int64_t *i1, const void *p1, int64_t n1, int32_t m1, int64_t *err, uint8_t *mark,
                 int32_t fd, int64_t foff, void *lock) {
+    lv_cursor q0 = lv_cur_array(i0, n0), q1 = lv_cur_array(i1, n1);
     err[0] = 0;
     if (width == 2)
-        return lv_sum2_w(2, is_bf16 ? 0x7F80u : 0x7C00u, out_, base_, n, i0, p0, n0, m0, i1, p1, n1, m1, err, mark,
+        return lv_sum2_w(2, 0, is_bf16 ? 0x7F80u : 0x7C00u, out_, base_, n, q0, p0, m0, q1, p1, m1, err, mark,
                          fd, foff, lock);
-    return lv_sum2_w(4, 0x7F800000u, out_, base_, n, i0, p0, n0, m0, i1, p1, n1, m1, err, mark, fd, foff, lock);
+    return lv_sum2_w(4, 0, 0x7F800000u, out_, base_, n, q0, p0, m0, q1, p1, m1, err, mark, fd, foff, lock);
+}
+
+/* lv_sum2 reading each ticket's mask straight from its gap-coded chunks (see lv_cursor): ticket t
+ * has nc[t] chunks with first elements start_t, entry counts cnt_t, gap widths wid_t (1, 2, 4)
+ * and gap planes gaps_t; its payload is the whole tensor's, in entry order. */
+int64_t lv_sum2g(void *out_, const void *base_, int64_t n, int32_t width, int32_t is_bf16,
+                 int64_t nc0, const int64_t *start0, const int64_t *cnt0, const int32_t *wid0,
+                 const uint8_t *const *gaps0, const void *p0, int32_t m0,
+                 int64_t nc1, const int64_t *start1, const int64_t *cnt1, const int32_t *wid1,
+                 const uint8_t *const *gaps1, const void *p1, int32_t m1,
+                 int64_t *err, uint8_t *mark, int32_t fd, int64_t foff, void *lock) {
+    lv_cursor q0 = lv_cur_gaps(nc0, start0, cnt0, wid0, gaps0), q1 = lv_cur_gaps(nc1, start1, cnt1, wid1, gaps1);
+    err[0] = 0;
+    if (width == 2)
+        return lv_sum2_w(2, 1, is_bf16 ? 0x7F80u : 0x7C00u, out_, base_, n, q0, p0, m0, q1, p1, m1, err, mark,
+                         fd, foff, lock);
+    return lv_sum2_w(4, 1, 0x7F800000u, out_, base_, n, q0, p0, m0, q1, p1, m1, err, mark, fd, foff, lock);
 }
 
 /* The exact `sum` of T lossless tickets into one tensor, fused and in cache-sized blocks (the
@@ -752,7 +812,7 @@ uint32_t lv_crc32(const uint8_t *data, int64_t n, uint32_t crc, int32_t use_clmu
 }
 
 /* Version of these kernels' calling conventions (lotavec/native.py refuses other builds). */
-int32_t lv_abi(void) { return 5; }
+int32_t lv_abi(void) { return 6; }
 
 /* A valid (empty) extension module, so that setuptools builds and installs this file like any
  * other; lotavec uses it only through ctypes. */

@@ -196,6 +196,32 @@ def decode_gaps(data: bytes | memoryview, nnz: int, length: int, what: str, widt
     return idx
 
 
+def gap_planes(codec: str, data: bytes | memoryview, nnz: int, length: int, what: str) -> tuple[int, bytes] | None:
+    """A chunk's mask as gap byte planes, for kernels that read the gaps themselves (see
+    ``lv_cursor`` in lotavec/_csrc/codec.c): ``(width, planes)``, range-checked like
+    :func:`decode_mask` but without writing any index out. ``none``/``all`` chunks give width-1
+    planes (empty / all-zero gaps); ``None`` for codecs without gaps (``bitmap``) or without the
+    compiled kernels.
+
+    Raises:
+        CorruptTicketError: as :func:`decode_mask`.
+    """
+    lib = native.kernels("codec")
+    if lib is None or codec == "bitmap":
+        return None
+    if codec in ("none", "all"):
+        decode_mask(codec, data, nnz, length, what)  # the same checks; cheap for these codecs
+        return 1, bytes(nnz)
+    if codec not in _GAP_WIDTH:
+        raise CorruptTicketError(f"{what}: unknown mask codec {codec!r}")
+    width = _GAP_WIDTH[codec]
+    raw = zstd_decompress(data, width * nnz, what)
+    last = lib.lv_gaps_decode(raw, width, nnz, 0, None)
+    if last >= length:
+        raise CorruptTicketError(f"{what}: mask index {last} is out of range for a chunk of {length} elements")
+    return width, raw
+
+
 def encode_bitmap(local: np.ndarray, length: int) -> bytes:
     """Bitmap of ``length`` bits, LSB-first within each byte, zero-padded, → zstd."""
     bits = np.zeros(length, dtype=np.bool_)

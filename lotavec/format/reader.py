@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
+from .. import native
 from ..errors import (
     ChecksumError,
     CorruptTicketError,
@@ -15,7 +17,7 @@ from ..errors import (
     LimitExceededError,
     NotFoundError,
 )
-from .codecs import crc32, decode_mask, decode_values
+from .codecs import crc32, decode_mask, decode_values, gap_planes
 from .dtypes import BITS
 from .manifest import FORMAT_NAME, MANIFEST_KEY, Chunk, Manifest, TensorEntry, parse_manifest
 from .safetensors_io import SafetensorsFile
@@ -24,6 +26,19 @@ from .safetensors_io import SafetensorsFile
 DEFAULT_MAX_TENSOR_BYTES = 8 << 30
 
 _EXP_MASK = {"BF16": 0x7F80, "F16": 0x7C00, "F32": 0x7F800000}
+
+
+@dataclass
+class GapCoded:
+    """A decoded tensor whose mask stays gap-coded (see :meth:`TicketFile.read_tensor_gaps`):
+    per chunk its first element, entry count, gap width and gap byte planes; the payload of all
+    entries in order."""
+
+    starts: np.ndarray
+    counts: np.ndarray
+    widths: np.ndarray
+    planes: list[bytes]
+    payload: np.ndarray
 
 
 def payload_dtype(entry: TensorEntry) -> np.dtype:
@@ -97,19 +112,50 @@ class TicketFile:
         With ``idx_out``/``payload_out`` (``nnz`` long) the results are written there instead,
         and the indices are global (chunk start added).
         """
+        what, blob = self._chunk_blob(entry, chunk)
+        offset = 0 if idx_out is None else chunk.start
+        idx = decode_mask(chunk.mask_codec, blob[: chunk.mask_bytes], chunk.nnz, chunk.length, what, idx_out, offset)
+        return idx, self._chunk_values(entry, chunk, blob, what, payload_out)
+
+    def _chunk_blob(self, entry: TensorEntry, chunk: Chunk) -> tuple[str, memoryview]:
         what = f"{self.path}: tensor {entry.name!r} chunk {chunk.start // self.manifest.chunk_elements}"
         blob = self._st.buffer(entry.data)[chunk.offset : chunk.offset + chunk.mask_bytes + chunk.value_bytes]
         if crc32(blob) != chunk.crc32:
             raise ChecksumError(f"{what}: checksum mismatch (file is corrupt; download it again)")
-        offset = 0 if idx_out is None else chunk.start
-        idx = decode_mask(chunk.mask_codec, blob[: chunk.mask_bytes], chunk.nnz, chunk.length, what, idx_out, offset)
+        return what, blob
+
+    def _chunk_values(self, entry: TensorEntry, chunk: Chunk, blob, what: str,
+                      out: np.ndarray | None) -> np.ndarray:
         pl = decode_values(blob[chunk.mask_bytes :], payload_dtype(entry), chunk.nnz, what,
-                           zigzag=entry.values == "ulpdiff", out=payload_out)
+                           zigzag=entry.values == "ulpdiff", out=out)
         if entry.values == "raw" and nonfinite_bits(pl, entry.dtype).any():
             raise CorruptTicketError(f"{what}: non-finite values (the format requires finite values)")
         if entry.values == "f32delta" and not np.isfinite(pl).all():
             raise CorruptTicketError(f"{what}: non-finite deltas (the format requires finite values)")
-        return idx, pl
+        return pl
+
+    def read_tensor_gaps(self, name: str) -> GapCoded | None:
+        """A tensor's payload and its mask as gap byte planes per chunk, for kernels that read
+        the gaps themselves (the merge's ``sum``): the same checks as :meth:`read_tensor`, but
+        no index array is written. ``None`` when a chunk has no gap coding (``bitmap``) or the
+        compiled kernels are not available: use :meth:`read_tensor` then."""
+        e = self.entry(name)
+        if any(c.mask_codec == "bitmap" for c in e.chunks) or native.kernels("codec") is None:
+            return None
+        payload = np.empty(e.nnz, dtype=payload_dtype(e))
+        widths, planes, pos = [], [], 0
+        for c in e.chunks:
+            what, blob = self._chunk_blob(e, c)
+            got = gap_planes(c.mask_codec, blob[: c.mask_bytes], c.nnz, c.length, what)
+            if got is None:
+                return None
+            widths.append(got[0])
+            planes.append(got[1])
+            self._chunk_values(e, c, blob, what, payload[pos : pos + c.nnz])
+            pos += c.nnz
+        self._st.advise_done(e.data)
+        return GapCoded(np.array([c.start for c in e.chunks], np.int64), np.array([c.nnz for c in e.chunks], np.int64),
+                        np.array(widths, np.int32), planes, payload)
 
     def iter_chunks(self, name: str) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """Yield ``(chunk start, local indices, payload)`` chunk by chunk (bounded memory)."""

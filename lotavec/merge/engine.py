@@ -466,6 +466,41 @@ def _exact_sum_native(lib, name: str, flat: np.ndarray, dtype: str, parts: list[
     return out, int(changed)
 
 
+def _gapped_sum(lib, name: str, flat: np.ndarray, dtype: str, tks: list[Ticket], params: MergeParams,
+                sink: Sink) -> int | None:
+    """The exact ``sum`` of one or two lossless tickets (two: BF16/F32) written through ``sink``
+    by ``lv_sum2g``, which reads each ticket's gap-coded mask chunk by chunk instead of an
+    index array: the same result as :func:`_exact_sum_native`, with 16 bytes less memory traffic
+    per entry. Returns the changed entries, or ``None`` when this path does not apply (then
+    nothing was written)."""
+    live = [(i, t) for i, t in enumerate(tks) if name in t]
+    if not 1 <= len(live) <= 2 or (len(live) == 2 and dtype not in ("BF16", "F32")):
+        return None
+    if not _exact_sum(params, len(tks)) or any(t.info(name)["values"] not in ("ulpdiff", "raw") for _, t in live):
+        return None
+    coded = [t.gap_coded(name) for _, t in live]
+    if any(g is None for g in coded):
+        return None
+    bits = BITS[dtype]
+    args: list = []
+    keep: list = []  # every buffer handed to the kernel stays alive until it returns
+    for (_, t), g in zip(live, coded):
+        planes = [np.frombuffer(p, np.uint8) for p in g.planes]
+        ptrs = (ctypes.c_void_p * max(1, len(planes)))(*[native.ptr(p) for p in planes])
+        pl = np.ascontiguousarray(g.payload).view(bits)
+        keep += [planes, ptrs, pl, g]
+        args += [len(planes), native.ptr(g.starts), native.ptr(g.counts), native.ptr(g.widths), ptrs, native.ptr(pl),
+                 1 if t.info(name)["values"] == "raw" else 0]
+    if len(live) == 1:  # the second ticket: no chunks (its pointers are never read)
+        args += [0, *args[1:]]
+    err = np.zeros(3, np.int64)
+    mark = np.zeros(_SUM_BLOCK, np.uint8)
+    changed = lib.lv_sum2g(native.ptr(sink.window), native.ptr(flat.view(bits)), flat.size, np.dtype(bits).itemsize,
+                           int(dtype == "BF16"), *args, native.ptr(err), native.ptr(mark), *sink.args())
+    _raise_kernel_error(name, dtype, err, [i for i, _ in live])
+    return int(changed)
+
+
 def merge(base: Any, tickets: Sequence[Any], out_dir: str | os.PathLike, *, params: MergeParams | None = None,
           dtype: str | None = None, max_shard_size: int | str = "5GB", overwrite: bool = False,
           force: bool = False, verify_base: bool = False, threads: int | None = None,
@@ -573,6 +608,11 @@ def _stream(src: TensorSource, tks: list[Ticket], names: list[str], touched: set
                 if not hasattr(local, "window"):
                     local.window = np.empty(native.WINDOW * 4, np.uint8)
                 sink = Sink(*writer.target(n), local.window, lock)
+                if out_dt[n] == dtype:
+                    c = _gapped_sum(native.kernels("codec"), n, src.array(n).reshape(-1), dtype, tks, params, sink)
+                    if c is not None:
+                        writer.finish(n)
+                        return c
             # one decoding thread per tensor: the pool already works on several tensors at once
             parts = [t.tensor(n, threads=1) if n in t else None for t in tks]
             arr, c = merge_tensor_values(n, src.array(n), dtype, out_dt[n], parts, params, trims, buffers, sink)

@@ -433,3 +433,91 @@ def test_crc32_helper_agrees_on_both_paths(monkeypatch):
     a, b = both(monkeypatch, lambda: (codecs.crc32(data), codecs.crc32(memoryview(data)[7:4000], 99),
                                       codecs.crc32(b"")))
     assert a == b == (zlib.crc32(data), zlib.crc32(data[7:4000], 99), 0)
+
+
+def _gap_case(tmp_path, dtypes, n_tickets, seed, bitmap):
+    """A base folder and tickets whose chunks use the mask codecs none, all, gaps8/16/32 (and
+    bitmap, for the last chunk, with ``bitmap``)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from lotavec.ticket import Ticket
+
+    rng = np.random.default_rng(seed)
+    numel = 6 * (1 << 17) + 12_345  # three windows and more; chunks of 2**17 elements
+    base = {}
+    for k, dt in enumerate(dtypes):
+        f = (rng.standard_normal(numel) * 0.05).astype(np.float32)
+        base[f"w{k}"] = (f.view(np.uint32) >> 16).astype(np.uint16) if dt == "BF16" else f
+    folder = tmp_path / "base"
+    folder.mkdir()
+    save_file({n: (torch.from_numpy(a.view(np.int16)).view(torch.bfloat16) if a.dtype == np.uint16 else
+                   torch.from_numpy(a)) for n, a in base.items()}, folder / "model.safetensors")
+    ce = 1 << 17
+    paths = []
+    for t in range(n_tickets):
+        parts = []
+        for k, (n, a) in enumerate(base.items()):
+            pieces = [np.empty(0, np.int64),                                              # chunk 0: none
+                      ce + np.arange(ce, dtype=np.int64),                                 # chunk 1: all
+                      2 * ce + np.sort(rng.choice(ce, ce // 10, replace=False)),          # gaps8
+                      3 * ce + np.sort(rng.choice(ce, 40, replace=False)),                # gaps16
+                      4 * ce + np.array([3, 100_000], np.int64),                          # gaps32
+                      5 * ce + np.sort(rng.choice(numel - 5 * ce, (numel - 5 * ce) // (2 if bitmap else 20),
+                                                  replace=False))]
+            if t == 1:
+                pieces[2] = 2 * ce + np.sort(rng.choice(ce, ce // 10, replace=False))  # overlaps ticket 0 in part
+            idx = np.concatenate(pieces).astype(np.int64)
+            bits = a.view(np.uint16 if a.dtype == np.uint16 else np.uint32)
+            ft = (bits[idx] + rng.integers(1, 30, idx.size).astype(bits.dtype)).view(a.dtype)
+            dt = dtypes[k]
+            parts.append(TicketTensor.from_finetuned(n, a, ft, idx, dt, values="raw" if (t + k) % 2 else "ulpdiff"))
+        p = tmp_path / f"t{t}.lotavec.safetensors"
+        Ticket(parts).save(p, chunk_elements=ce)
+        paths.append(p)
+    return folder, paths
+
+
+@pytest.mark.parametrize("n_tickets,bitmap", [(1, False), (2, False), (2, True)])
+def test_merge_reading_gap_coded_masks_matches_the_numpy_merge(monkeypatch, tmp_path, n_tickets, bitmap):
+    import lotavec.merge.engine as eng
+    from lotavec.merge import merge
+
+    folder, paths = _gap_case(tmp_path, ("BF16", "F32"), n_tickets, seed=n_tickets, bitmap=bitmap)
+    used = []
+    real = eng._gapped_sum
+
+    def spy(*a, **k):
+        r = real(*a, **k)
+        used.append(r is not None)
+        return r
+
+    monkeypatch.setattr(eng, "_gapped_sum", spy)
+    fast = merge(folder, paths, tmp_path / "fast", fsync=False)
+    # every tensor took the gap-reading kernel; with a bitmap chunk, none did (decoded indices)
+    assert used and all(u != bitmap for u in used)
+    monkeypatch.setenv(native.ENV, "0")
+    slow = merge(folder, paths, tmp_path / "slow", fsync=False)
+    monkeypatch.delenv(native.ENV)
+    assert (tmp_path / "fast" / "model.safetensors").read_bytes() == (tmp_path / "slow" / "model.safetensors").read_bytes()
+    assert fast.changed_entries == slow.changed_entries > 0
+    from lotavec.ticket import load_ticket
+
+    codecs_seen = {c for p in paths for n in load_ticket(p).names for c in load_ticket(p).info(n)["mask_codecs"]}
+    assert {"none", "all", "gaps8", "gaps16", "gaps32"} <= codecs_seen
+    assert ("bitmap" in codecs_seen) == bitmap
+
+
+def test_gap_planes_check_the_range_like_decode_mask():
+    from lotavec.errors import CorruptTicketError as Corrupt
+
+    codec, stream = codecs.encode_gaps(np.array([0, 5, 300], np.int64))
+    assert codec == "gaps16"
+    width, planes = codecs.gap_planes(codec, stream, 3, 301, "t")
+    assert width == 2 and len(planes) == 6
+    for fn in (lambda: codecs.gap_planes(codec, stream, 3, 300, "t"),
+               lambda: codecs.decode_mask(codec, stream, 3, 300, "t")):
+        with pytest.raises(Corrupt, match="mask index 300 is out of range"):
+            fn()
+    assert codecs.gap_planes("all", b"", 4, 4, "t") == (1, bytes(4))
+    assert codecs.gap_planes("bitmap", b"", 0, 4, "t") is None
