@@ -2,13 +2,17 @@
 
 For one model of ``_models.py`` and its two 10 % tickets, in this process (inputs warmed first):
 
-* **decode**: decoding every ticket tensor of both tickets (one thread, as a merge worker does);
-* **kernel**: the merge of every touched tensor from the decoded tickets
-  (:func:`lotavec.merge.engine.merge_tensor_values`, one thread);
+* **decode**: decoding every ticket tensor of both tickets (one thread, as a merge worker does):
+  for ``sum`` into gap and value streams (``Ticket.gap_coded``, what the merge reads), for
+  ``ties`` into index and payload arrays (``Ticket.tensor``);
+* **kernel**: the merge of every touched tensor from the decoded tickets, one thread, its output
+  written to ``/dev/null`` through a sink (``sum``: ``engine._gapped_sum``; ``ties``:
+  :func:`lotavec.merge.engine.merge_tensor_values`);
 * **timeline**: one real ``lotavec.merge`` (all cores, no fsync) with its stages timed, summed over
-  the worker threads: the base fingerprint check, decoding (``Ticket.tensor``), merging
-  (``merge_tensor_values``, which includes the compiled kernels' own writes of the output),
-  and the writes of whole arrays (``ShardedWriter.write_at``: untouched tensors, numpy paths).
+  the worker threads: the base fingerprint check, decoding (``Ticket.tensor``/``gap_coded``),
+  merging (``merge_tensor_values``/``_gapped_sum``, which include the compiled kernels' own
+  writes of the output), and the writes of whole arrays (``ShardedWriter.write_at``: untouched
+  tensors, numpy paths).
 
 Usage: ``./dev bench profile_merge [--model llama1b] [--method sum|ties]``
 """
@@ -35,26 +39,54 @@ def params_for(method: str):
 
 
 def stage_cpu(model: str, method: str) -> dict[str, float]:
-    from lotavec.merge.engine import merge_tensor_values
+    import os
+
+    import numpy as np
+
+    from lotavec import native
+    from lotavec.merge import engine
     from lotavec.models import open_model
-    from lotavec.ticket import load_ticket
+    from lotavec.ticket import Ticket, load_ticket
 
     src = open_model(base_dir(model), role="base")
     tks = [load_ticket(ticket_path(model, s)) for s in (1, 2)]
     names = [n for n in src.names() if any(n in t for t in tks)]
     params = params_for(method)
+    fd = os.open(os.devnull, os.O_WRONLY)
+    sink = engine.Sink(fd, 0, np.empty(native.WINDOW * 4, np.uint8))
     c0 = time.process_time()
     for n in names:  # decode only
         for t in tks:
             if n in t:
-                t.tensor(n, threads=1)
+                t.gap_coded(n) if method == "sum" else t.tensor(n, threads=1)
     decode = time.process_time() - c0
     kernel = 0.0
-    for n in names:  # decode again (not counted), then the kernel
-        parts = [t.tensor(n, threads=1) if n in t else None for t in tks]
-        k0 = time.process_time()
-        merge_tensor_values(n, src.array(n), src.info(n)[0], src.info(n)[0], parts, params, None)
+    inner = [0.0]  # decoding done inside _gapped_sum, subtracted from its time
+    gap_coded = Ticket.gap_coded
+
+    def counted(self, name):
+        t0 = time.process_time()
+        try:
+            return gap_coded(self, name)
+        finally:
+            inner[0] += time.process_time() - t0
+
+    Ticket.gap_coded = counted
+    for n in names:  # the kernel alone (its decoding not counted)
+        dtype = src.info(n)[0]
+        flat = src.array(n).reshape(-1)
+        if method == "sum":
+            k0 = time.process_time()
+            engine._gapped_sum(native.kernels("codec"), n, flat, dtype, tks, params, sink)
+        else:
+            parts = [t.tensor(n, threads=1) if n in t else None for t in tks]
+            k0 = time.process_time()
+            engine.merge_tensor_values(n, flat, dtype, dtype, parts, params, None, sink=sink)
         kernel += time.process_time() - k0
+        src.release(n)
+    Ticket.gap_coded = gap_coded
+    kernel -= inner[0]
+    os.close(fd)
     src.close()
     return {"decode": decode, "kernel": kernel, "entries": sum(t.nnz for t in tks)}
 
@@ -78,11 +110,14 @@ def timeline(model: str, method: str) -> dict[str, float]:
                     busy[kind] += time.perf_counter() - t0
         return wrapper
 
-    saved = (eng.check_base_identity, tk.Ticket.tensor, eng.merge_tensor_values, hw.ShardedWriter.write_at)
+    saved = (eng.check_base_identity, tk.Ticket.tensor, tk.Ticket.gap_coded, eng.merge_tensor_values,
+             eng._gapped_sum, hw.ShardedWriter.write_at)
     eng.check_base_identity = timed("check", saved[0])
     tk.Ticket.tensor = timed("decode", saved[1])
-    eng.merge_tensor_values = timed("compute", saved[2])
-    hw.ShardedWriter.write_at = timed("write", saved[3])
+    tk.Ticket.gap_coded = timed("decode", saved[2])
+    eng.merge_tensor_values = timed("compute", saved[3])
+    eng._gapped_sum = timed("compute", saved[4])  # includes its decoding (gap_coded), also under "decode"
+    hw.ShardedWriter.write_at = timed("write", saved[5])
     out = Path(tempfile.mkdtemp(prefix="profile-merge-", dir=Path(__file__).parent / "out")) / "merged"
     try:
         t0, c0 = time.perf_counter(), time.process_time()
@@ -90,7 +125,8 @@ def timeline(model: str, method: str) -> dict[str, float]:
                       fsync=False)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     finally:
-        eng.check_base_identity, tk.Ticket.tensor, eng.merge_tensor_values, hw.ShardedWriter.write_at = saved
+        (eng.check_base_identity, tk.Ticket.tensor, tk.Ticket.gap_coded, eng.merge_tensor_values, eng._gapped_sum,
+         hw.ShardedWriter.write_at) = saved
         shutil.rmtree(out.parent, ignore_errors=True)
     return {"wall": wall, "cpu": cpu, **busy}
 
@@ -105,10 +141,11 @@ def main() -> None:
     tl = timeline(args.model, args.method)
     print(f"{args.model} {args.method}, two 10 % tickets ({st['entries']:,} stored entries)")
     print(f"decode, one thread: {st['decode']:.2f} s CPU ({st['decode'] / st['entries'] * 1e9:.1f} ns per entry)")
-    print(f"merge kernel from decoded tickets, one thread: {st['kernel']:.2f} s CPU")
+    print(f"merge kernel from decoded tickets, one thread, output to /dev/null: {st['kernel']:.2f} s CPU")
     print(f"lotavec.merge (no fsync, all cores): wall {tl['wall']:.2f} s, CPU {tl['cpu']:.2f} s; "
           f"base check {tl['check']:.2f} s; summed over the workers: decode {tl['decode']:.2f} s, "
-          f"merge + its own writes (merge_tensor_values) {tl['compute']:.2f} s, "
+          f"merge + its own writes {tl['compute']:.2f} s"
+          f"{' (including that decode)' if args.method == 'sum' else ''}, "
           f"array writes (write_at) {tl['write']:.2f} s")
 
 
