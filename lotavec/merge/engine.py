@@ -34,7 +34,7 @@ from ..errors import (
 )
 from ..format.dtypes import BITS, TICKET_DTYPES, from_float32, to_float32
 from ..format.fingerprint import base_digest, base_sample
-from ..format.reader import nonfinite_bits
+from ..format.reader import GapCoded, nonfinite_bits
 from ..hfwriter import ShardedWriter, atomic_output_dir, copy_model_files
 from ..mask import Candidate, select_topk
 from ..models import TensorSource, open_model
@@ -466,13 +466,11 @@ def _exact_sum_native(lib, name: str, flat: np.ndarray, dtype: str, parts: list[
     return out, int(changed)
 
 
-def _gapped_sum(lib, name: str, flat: np.ndarray, dtype: str, tks: list[Ticket], params: MergeParams,
-                sink: Sink) -> int | None:
-    """The exact ``sum`` of one or two lossless tickets (two: BF16/F32) written through ``sink``
-    by ``lv_sum2g``, which reads each ticket's gap-coded mask chunk by chunk instead of an
-    index array: the same result as :func:`_exact_sum_native`, with 16 bytes less memory traffic
-    per entry. Returns the changed entries, or ``None`` when this path does not apply (then
-    nothing was written)."""
+def _gap_parts(name: str, dtype: str, tks: list[Ticket], params: MergeParams
+               ) -> list[tuple[int, Ticket, GapCoded]] | None:
+    """The tickets touching ``name``, each decoded with its mask left gap-coded, when their exact
+    ``sum`` can take :func:`_gapped_sum` (one or two lossless tickets; two: BF16/F32), else
+    ``None``."""
     live = [(i, t) for i, t in enumerate(tks) if name in t]
     if not 1 <= len(live) <= 2 or (len(live) == 2 and dtype not in ("BF16", "F32")):
         return None
@@ -481,23 +479,32 @@ def _gapped_sum(lib, name: str, flat: np.ndarray, dtype: str, tks: list[Ticket],
     coded = [t.gap_coded(name) for _, t in live]
     if any(g is None for g in coded):
         return None
+    return [(i, t, g) for (i, t), g in zip(live, coded)]
+
+
+def _gapped_sum(lib, name: str, flat: np.ndarray, dtype: str, parts: list[tuple[int, Ticket, GapCoded]],
+                sink: Sink) -> int:
+    """The exact ``sum`` of :func:`_gap_parts`' tickets written through ``sink`` by ``lv_sum2g``,
+    which reads each ticket's gap-coded mask chunk by chunk instead of an index array: the same
+    result as :func:`_exact_sum_native`, with 16 bytes less memory traffic per entry. Returns the
+    changed entries."""
     bits = BITS[dtype]
     args: list = []
     keep: list = []  # every buffer handed to the kernel stays alive until it returns
-    for (_, t), g in zip(live, coded):
+    for _, t, g in parts:
         planes = [np.frombuffer(p, np.uint8) for p in g.planes]
         ptrs = (ctypes.c_void_p * max(1, len(planes)))(*[native.ptr(p) for p in planes])
         pl = np.ascontiguousarray(g.payload).view(bits)
         keep += [planes, ptrs, pl, g]
         args += [len(planes), native.ptr(g.starts), native.ptr(g.counts), native.ptr(g.widths), ptrs, native.ptr(pl),
                  1 if t.info(name)["values"] == "raw" else 0]
-    if len(live) == 1:  # the second ticket: no chunks (its pointers are never read)
+    if len(parts) == 1:  # the second ticket: no chunks (its pointers are never read)
         args += [0, *args[1:]]
     err = np.zeros(3, np.int64)
     mark = np.zeros(_SUM_BLOCK, np.uint8)
     changed = lib.lv_sum2g(native.ptr(sink.window), native.ptr(flat.view(bits)), flat.size, np.dtype(bits).itemsize,
                            int(dtype == "BF16"), *args, native.ptr(err), native.ptr(mark), *sink.args())
-    _raise_kernel_error(name, dtype, err, [i for i, _ in live])
+    _raise_kernel_error(name, dtype, err, [i for i, _, _ in parts])
     return int(changed)
 
 
@@ -544,14 +551,20 @@ def merge(base: Any, tickets: Sequence[Any], out_dir: str | os.PathLike, *, para
     if dtype is not None and dtype not in _DTYPE_NAMES:
         raise MergeConfigError(f"--dtype must be one of {', '.join(_DTYPE_NAMES)}, got {dtype!r}")
     src = open_model(base, role="base")
+    # The base identity check runs while the rest is prepared and the tickets are decoded; no
+    # tensor is written before it has passed (every worker waits for it first).
+    pool = ThreadPoolExecutor(1)
+    checked = pool.submit(check_base_identity, src, tks, full=verify_base, force=force)
     try:
-        warnings = check_base_identity(src, tks, full=verify_base, force=force)
         spec = get_method(params.method)
+        global_trims = params.scope == "global" and spec.sparsify == "magnitude"
+        if spec.name == "disjoint" or global_trims:
+            checked.result()  # these read the tickets against the base: a wrong base is reported first
         if spec.name == "disjoint":
             from .compare import check_disjoint_tickets
 
             check_disjoint_tickets(tks)
-        trims = _global_trims(tks, src, params) if params.scope == "global" and spec.sparsify == "magnitude" else None
+        trims = _global_trims(tks, src, params) if global_trims else None
         names = src.names()
         touched = {n for t in tks for n in t.names}
         out_dt = {n: (_DTYPE_NAMES[dtype] if dtype and src.info(n)[0] in TICKET_DTYPES else src.info(n)[0]) for n in names}
@@ -560,7 +573,9 @@ def merge(base: Any, tickets: Sequence[Any], out_dir: str | os.PathLike, *, para
             # One lock for every write, shared with the kernels that write their output themselves.
             io_lock = native.Mutex() if Sink.supported() else None
             writer = ShardedWriter(tmp, plan, max_shard_size=max_shard_size, flush_behind=fsync, io_lock=io_lock)
-            changed = _stream(src, tks, names, touched, out_dt, params, trims, writer, threads, progress)
+            changed = _stream(src, tks, names, touched, out_dt, params, trims, writer, threads, progress,
+                              gate=checked.result)
+            warnings = checked.result()
             writer.close()
             record = _record(src, tks, params, dtype, base_ref, ticket_refs, notes, warnings, changed, names, touched)
             if src.path is not None:
@@ -573,11 +588,13 @@ def merge(base: Any, tickets: Sequence[Any], out_dir: str | os.PathLike, *, para
         return MergeResult(os.fspath(out_dir), len(names), len(touched), changed, time.perf_counter() - t0,
                            written, record["params"], warnings)
     finally:
+        pool.shutdown(wait=True)  # a check still running must not outlive the source it reads
         src.close()
 
 
 def _stream(src: TensorSource, tks: list[Ticket], names: list[str], touched: set[str], out_dt: dict[str, str],
-            params: MergeParams, trims, writer: ShardedWriter, threads: int | None, progress: Progress) -> int:
+            params: MergeParams, trims, writer: ShardedWriter, threads: int | None, progress: Progress,
+            gate: Callable[[], Any] = lambda: None) -> int:
     """Write every tensor, on a pool of worker threads, each tensor whole on one worker.
 
     Untouched tensors are written straight from the base's mapped pages; touched ones are
@@ -585,6 +602,8 @@ def _stream(src: TensorSource, tks: list[Ticket], names: list[str], touched: set
     as it is done, while it is in the CPU cache (:class:`Sink`); other paths write the merged
     array. Workers write positionally into the shards (:meth:`ShardedWriter.write_at`), so
     tensors finish in any order; base pages are released as soon as a tensor is written.
+    ``gate()`` is called before anything is written (it raises when the base check failed);
+    decoding may run before it returns.
     """
     sinks = Sink.supported()
     # Writers wait for each other asleep on the shared lock: one worker more than cores keeps
@@ -598,23 +617,25 @@ def _stream(src: TensorSource, tks: list[Ticket], names: list[str], touched: set
         dtype = src.info(n)[0]
         try:
             if n not in touched:
+                gate()
                 arr = src.array(n)
                 if out_dt[n] != dtype:
                     arr = from_float32(to_float32(arr, dtype), out_dt[n])
                 writer.write_at(n, arr)
                 return 0
+            coded = _gap_parts(n, dtype, tks, params) if sinks and out_dt[n] == dtype else None
+            # one decoding thread per tensor: the pool already works on several tensors at once
+            parts = None if coded is not None else [t.tensor(n, threads=1) if n in t else None for t in tks]
+            gate()
             sink = None
             if sinks:
                 if not hasattr(local, "window"):
                     local.window = np.empty(native.WINDOW * 4, np.uint8)
                 sink = Sink(*writer.target(n), local.window, lock)
-                if out_dt[n] == dtype:
-                    c = _gapped_sum(native.kernels("codec"), n, src.array(n).reshape(-1), dtype, tks, params, sink)
-                    if c is not None:
-                        writer.finish(n)
-                        return c
-            # one decoding thread per tensor: the pool already works on several tensors at once
-            parts = [t.tensor(n, threads=1) if n in t else None for t in tks]
+            if coded is not None:
+                c = _gapped_sum(native.kernels("codec"), n, src.array(n).reshape(-1), dtype, coded, sink)
+                writer.finish(n)
+                return c
             arr, c = merge_tensor_values(n, src.array(n), dtype, out_dt[n], parts, params, trims, buffers, sink)
             if arr is None:
                 writer.finish(n)

@@ -485,14 +485,14 @@ def test_merge_reading_gap_coded_masks_matches_the_numpy_merge(monkeypatch, tmp_
 
     folder, paths = _gap_case(tmp_path, ("BF16", "F32"), n_tickets, seed=n_tickets, bitmap=bitmap)
     used = []
-    real = eng._gapped_sum
+    real = eng._gap_parts
 
     def spy(*a, **k):
         r = real(*a, **k)
         used.append(r is not None)
         return r
 
-    monkeypatch.setattr(eng, "_gapped_sum", spy)
+    monkeypatch.setattr(eng, "_gap_parts", spy)
     fast = merge(folder, paths, tmp_path / "fast", fsync=False)
     # every tensor took the gap-reading kernel; with a bitmap chunk, none did (decoded indices)
     assert used and all(u != bitmap for u in used)
