@@ -193,7 +193,7 @@ def test_killed_merge_never_leaves_a_partial_output(big, tmp_path):
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
     # Kill points: random moments while the output is being written, and one near the end (rename).
-    delays = [rng.uniform(t_tmp, t_end) for _ in range(4)] + [t_end * 0.97]
+    delays = [rng.uniform(t_tmp, t_end) for _ in range(6)] + [t_end * 0.97]
     out = tmp_path / "out"
     mid_write = 0
     for delay in delays:
