@@ -192,18 +192,26 @@ def test_killed_merge_never_leaves_a_partial_output(big, tmp_path):
 
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
-    # Kill points: random moments while the output is being written, and one near the end (rename).
-    delays = [rng.uniform(t_tmp, t_end) for _ in range(6)] + [t_end * 0.97]
     out = tmp_path / "out"
     mid_write = 0
-    for delay in delays:
+    # Kill points: three at random moments of the whole run, one near the end (rename), and three
+    # while the output is being written: once the killed run's first shard exists (polled, so
+    # start-up jitter cannot move the kill out of the write), within half the reference's write.
+    kills = [("any", rng.uniform(0, t_end)) for _ in range(3)] + [("any", t_end * 0.97)]
+    kills += [("writing", rng.uniform(0, (t_end - t_tmp) / 2)) for _ in range(3)]
+    for kind, delay in kills:
         if out.exists():
             shutil.rmtree(out)
+        for t in temp_folders(out):  # earlier kills' leftovers: only this run's folder counts below
+            shutil.rmtree(t)
         p = start_merge(big, out)
+        if kind == "writing":
+            while p.poll() is None and not any(any(t.iterdir()) for t in temp_folders(out)):
+                time.sleep(0.001)
         time.sleep(delay)
         p.send_signal(signal.SIGKILL)
         p.wait()
-        state = f"seed {seed}, delay {delay:.3f}s of {t_end:.3f}s, rc {p.returncode}"
+        state = f"seed {seed}, {kind} kill after {delay:.3f}s (run {t_end:.3f}s), rc {p.returncode}"
         if out.exists():
             assert folder_bytes(out) == want, f"partial OUT_DIR ({state})"
         else:
