@@ -159,7 +159,8 @@ def bench_model(kind: str, repeat: int, density: float, with_mergekit: bool, ski
     runs: dict[str, list[Measured]] = {t: [] for t in tools}
     diffs: dict[str, float] = {}
     pairs = {"mergekit task_arithmetic": ("sum", "lotavec sum"), "mergekit ties": ("ties", "lotavec ties")}
-    keep = {ours for _, ours in pairs.values()}  # outputs compared with mergekit's (first round only)
+    # lotavec outputs compared with a mergekit output (first round only): kept until that exists
+    keep = {mine for theirs, (_, mine) in pairs.items() if theirs in tools and mine in tools}
     for i in range(repeat):  # interleaved: the machine is shared and its load drifts
         for tool, argv in tools.items():
             out = tmp / f"{kind}-{tool.replace(' ', '-')}"
@@ -176,12 +177,12 @@ def bench_model(kind: str, repeat: int, density: float, with_mergekit: bool, ski
             # Delete every output at once (outputs left in the page cache put the next runs under
             # memory pressure: the kernel then reclaims while they write), except, in the first
             # round, the lotavec outputs that are compared with mergekit's.
-            if tool in pairs and i == 0 and pairs[tool][1] in tools:
+            if i == 0 and tool in pairs and pairs[tool][1] in keep:
                 ours, mine = pairs[tool]
                 mine_out = tmp / f"{kind}-{mine.replace(' ', '-')}"
                 diffs[ours] = differing_fraction(mine_out, out)
                 shutil.rmtree(mine_out, ignore_errors=True)
-            if not (i == 0 and tool in keep and any(t in tools for t, (_, o) in pairs.items() if o == tool)):
+            if not (i == 0 and tool in keep):
                 shutil.rmtree(out, ignore_errors=True)
     return {"kind": kind, "bytes": folder_bytes(base), "cached": cached, "diffs": diffs,
             "work": {t: min(m.work for m in ms) for t, ms in runs.items()},

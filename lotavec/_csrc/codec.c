@@ -642,6 +642,14 @@ static inline float lv_keep(int keep, float x) {
     return f;
 }
 
+/* Adds a ticket's value y (weighted v) to the disjoint mean when it agrees with the elected sign. */
+static inline __attribute__((always_inline)) void lv_cmix(float votes, float v, float y, float w, int peft,
+                                                          float *mixed, float *div) {
+    int m = lv_agrees(votes, v);
+    *mixed += lv_keep(m, y * w);
+    *div += lv_keep(m, peft ? 1.0f : w);
+}
+
 /* lv_consensus for exactly two tickets: the same float32 operations in the same order per entry,
  * in three passes over the entries instead of six. Ticket 0's values wait in `stash` (seen = 1);
  * ticket 1's entries finish the entries both tickets have and their own; a last pass over
@@ -671,26 +679,23 @@ static inline __attribute__((always_inline)) int64_t lv_consensus2_w(
                 seen[e] = 0;
                 votes += total ? v0 : lv_sign(v0);
                 votes += total ? v1 : lv_sign(v1);
-                int m0 = lv_agrees(votes, v0);
-                mixed += lv_keep(m0, y0 * w0); div += lv_keep(m0, peft ? 1.0f : w0);
+                lv_cmix(votes, v0, y0, w0, peft, &mixed, &div);
             } else {
                 votes += total ? v1 : lv_sign(v1);
             }
-            int m1 = lv_agrees(votes, v1);
-            mixed += lv_keep(m1, y1 * w1); div += lv_keep(m1, peft ? 1.0f : w1);
+            lv_cmix(votes, v1, y1, w1, peft, &mixed, &div);
             uint32_t bb = width == 2 ? b16[i] : b32[i];
             int r = lv_cput(width, expmask, ob, e, bb, mixed, div, peft, normalize, lam, apply_lam);
             if (r < 0) { err[0] = 2; err[2] = i; goto fail; }
             changed += r;
         }
-        for (int64_t j = a0; j < a; j++) {
+        for (int64_t j = a0; j < a; j++) {  /* ticket 0's entries ticket 1 lacks */
             int64_t i = i0[j], e = i - b0;
             if (!seen[e]) continue;
             seen[e] = 0;
             float y0 = x0[j], v0 = peft ? y0 : y0 * w0, votes = 0.0f, mixed = 0.0f, div = 0.0f;
             votes += total ? v0 : lv_sign(v0);
-            int m0 = lv_agrees(votes, v0);
-            mixed += lv_keep(m0, y0 * w0); div += lv_keep(m0, peft ? 1.0f : w0);
+            lv_cmix(votes, v0, y0, w0, peft, &mixed, &div);
             uint32_t bb = width == 2 ? b16[i] : b32[i];
             int r = lv_cput(width, expmask, ob, e, bb, mixed, div, peft, normalize, lam, apply_lam);
             if (r < 0) { err[0] = 2; err[2] = i; goto fail; }
@@ -750,6 +755,13 @@ static uint32_t lv_crc_bytes(uint32_t state, const uint8_t *p, int64_t n) {
 /* Folds n bytes (n >= 64, a multiple of 16) into the register; constants are x^k mod P,
  * bit-reflected, for k = 4*128+32 and 4*128-32 (fold by four lanes), 128+32 and 128-32 (fold
  * by one lane), 64 (the last 64 bits), and the Barrett constants mu = x^64 / P and P itself. */
+/* Folds the 128 bits x forward by the distance whose constants k holds (its low half times k's
+ * low constant, its high half times the high one) and adds the next 128 bits. */
+__attribute__((target("pclmul,sse4.1")))
+static inline __m128i lv_fold(__m128i x, __m128i k, __m128i next) {
+    return _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(x, k, 0x11), _mm_clmulepi64_si128(x, k, 0x00)), next);
+}
+
 __attribute__((target("pclmul,sse4.1")))
 static uint32_t lv_crc_clmul(uint32_t state, const uint8_t *p, int64_t n) {
     const __m128i k1k2 = _mm_set_epi64x(0x1c6e41596LL, 0x154442bd4LL);
@@ -764,23 +776,16 @@ static uint32_t lv_crc_clmul(uint32_t state, const uint8_t *p, int64_t n) {
     x1 = _mm_xor_si128(x1, _mm_cvtsi32_si128((int)state));
     p += 64; n -= 64;
     while (n >= 64) {
-        __m128i h1 = _mm_clmulepi64_si128(x1, k1k2, 0x11), l1 = _mm_clmulepi64_si128(x1, k1k2, 0x00);
-        __m128i h2 = _mm_clmulepi64_si128(x2, k1k2, 0x11), l2 = _mm_clmulepi64_si128(x2, k1k2, 0x00);
-        __m128i h3 = _mm_clmulepi64_si128(x3, k1k2, 0x11), l3 = _mm_clmulepi64_si128(x3, k1k2, 0x00);
-        __m128i h4 = _mm_clmulepi64_si128(x4, k1k2, 0x11), l4 = _mm_clmulepi64_si128(x4, k1k2, 0x00);
-        x1 = _mm_xor_si128(_mm_xor_si128(h1, l1), _mm_loadu_si128((const __m128i *)(p + 0)));
-        x2 = _mm_xor_si128(_mm_xor_si128(h2, l2), _mm_loadu_si128((const __m128i *)(p + 16)));
-        x3 = _mm_xor_si128(_mm_xor_si128(h3, l3), _mm_loadu_si128((const __m128i *)(p + 32)));
-        x4 = _mm_xor_si128(_mm_xor_si128(h4, l4), _mm_loadu_si128((const __m128i *)(p + 48)));
+        x1 = lv_fold(x1, k1k2, _mm_loadu_si128((const __m128i *)(p + 0)));
+        x2 = lv_fold(x2, k1k2, _mm_loadu_si128((const __m128i *)(p + 16)));
+        x3 = lv_fold(x3, k1k2, _mm_loadu_si128((const __m128i *)(p + 32)));
+        x4 = lv_fold(x4, k1k2, _mm_loadu_si128((const __m128i *)(p + 48)));
         p += 64; n -= 64;
     }
     /* four lanes into one */
-    x1 = _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(x1, k3k4, 0x11), _mm_clmulepi64_si128(x1, k3k4, 0x00)), x2);
-    x1 = _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(x1, k3k4, 0x11), _mm_clmulepi64_si128(x1, k3k4, 0x00)), x3);
-    x1 = _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(x1, k3k4, 0x11), _mm_clmulepi64_si128(x1, k3k4, 0x00)), x4);
+    x1 = lv_fold(lv_fold(lv_fold(x1, k3k4, x2), k3k4, x3), k3k4, x4);
     while (n >= 16) {
-        __m128i d = _mm_loadu_si128((const __m128i *)p);
-        x1 = _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(x1, k3k4, 0x11), _mm_clmulepi64_si128(x1, k3k4, 0x00)), d);
+        x1 = lv_fold(x1, k3k4, _mm_loadu_si128((const __m128i *)p));
         p += 16; n -= 16;
     }
     /* 128 bits to 64, then to 32 with k5 */
