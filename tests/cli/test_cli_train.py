@@ -94,3 +94,16 @@ def test_train_usage_and_config_errors(lotavec_cli, tiny_model_dirs, tmp_path):
     assert r.exit_code == 2 and "missing.jsonl" in r.output
     r = lotavec_cli("train", base, "--data", data, "-o", tmp_path / "t.lota", *FAST[2:], "--density", "1.5")
     assert r.exit_code == 1 and "--density" in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.cuda
+def test_train_on_cuda_with_bf16(lotavec_cli, tiny_model_dirs, tmp_path):
+    base = tiny_model_dirs["llama"]
+    data = jsonl(tmp_path / "pc.jsonl", SHAPES["prompt_completion"])
+    out = tmp_path / "t.lota"
+    r = lotavec_cli("train", base, "--data", data, "-o", out, *FAST, "--device", "cuda", "--bf16", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["nnz"] == lotavec.load_ticket(out).nnz == round(0.05 * 73728)
+    assert np.isfinite(doc["first_loss"]) and np.isfinite(doc["last_loss"])
+    assert lotavec_cli("verify", out, "--base", base).exit_code == 0
