@@ -34,7 +34,7 @@ EOF
 rc=0
 $PY -m pytest -q -rs -m cuda -p no:cacheprovider tests 2>&1 | tee "$OUT/pytest_cuda.log"
 rc=${PIPESTATUS[0]}
-$PY bench/cuda_train_check.py --json "$OUT/cuda_train_check.json" 2>&1 | tee "$OUT/cuda_train_check.log"
+$PY bench/cuda_train_check.py --profile --json "$OUT/cuda_train_check.json" 2>&1 | tee "$OUT/cuda_train_check.log"
 rc2=${PIPESTATUS[0]}
 [ "$rc" -ne 0 ] && exit "$rc"
 exit "$rc2"
