@@ -98,9 +98,9 @@ def timeline(model: str, method: str) -> dict[str, float]:
                     busy[kind] += time.perf_counter() - t0
         return wrapper
 
-    saved = (eng.check_base_identity, tk.Ticket.tensor, tk.Ticket.gap_coded, eng.merge_tensor_values,
+    saved = (eng._BaseChecks.check, tk.Ticket.tensor, tk.Ticket.gap_coded, eng.merge_tensor_values,
              eng._gapped_sum, hw.ShardedWriter.write_at)
-    eng.check_base_identity = timed("check", saved[0])
+    eng._BaseChecks.check = timed("check", saved[0])
     tk.Ticket.tensor = timed("decode", saved[1])
     tk.Ticket.gap_coded = timed("decode", saved[2])
     eng.merge_tensor_values = timed("compute", saved[3])
@@ -113,7 +113,7 @@ def timeline(model: str, method: str) -> dict[str, float]:
                       fsync=False)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     finally:
-        (eng.check_base_identity, tk.Ticket.tensor, tk.Ticket.gap_coded, eng.merge_tensor_values, eng._gapped_sum,
+        (eng._BaseChecks.check, tk.Ticket.tensor, tk.Ticket.gap_coded, eng.merge_tensor_values, eng._gapped_sum,
          hw.ShardedWriter.write_at) = saved
         shutil.rmtree(out.parent, ignore_errors=True)
     return {"wall": wall, "cpu": cpu, **busy}
@@ -131,7 +131,7 @@ def main() -> None:
     print(f"decode, one thread: {st['decode']:.2f} s CPU ({st['decode'] / st['entries'] * 1e9:.1f} ns per entry)")
     print(f"merge kernel from decoded tickets, one thread, output to /dev/null: {st['kernel']:.2f} s CPU")
     print(f"lotavec.merge (no fsync, all cores): wall {tl['wall']:.2f} s, CPU {tl['cpu']:.2f} s; "
-          f"base check {tl['check']:.2f} s; summed over the workers: decode {tl['decode']:.2f} s, "
+          f"summed over the workers: base fingerprints {tl['check']:.2f} s, decode {tl['decode']:.2f} s, "
           f"merge + its own writes {tl['compute']:.2f} s, array writes (write_at) {tl['write']:.2f} s")
 
 

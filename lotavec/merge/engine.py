@@ -139,57 +139,89 @@ def check_base_identity(base: TensorSource, tickets: Sequence[Ticket], *, full: 
     Raises:
         TensorMismatchError, FingerprintMismatchError: naming the ticket and tensor.
     """
-    warnings: list[str] = []
-    names = set(base.names())
-    # Shapes and dtypes first (no data read); then one sampled fingerprint per base tensor, shared
-    # by every ticket that touches it, computed on a few threads (page faults dominate).
-    wanted: set[str] = set()
-    for t in tickets:
-        label = t.path or "ticket"
-        for name in t.names:
-            info = t.info(name)
-            if name not in names:
-                raise TensorMismatchError(f"{label}: tensor {name!r} is not in the base model {base.label}; "
-                                          "this ticket was made for another architecture")
-            dtype, shape = base.info(name)
-            if tuple(shape) != tuple(info["shape"]) or dtype != info["dtype"]:
-                raise TensorMismatchError(
-                    f"{label}: tensor {name!r} is {info['dtype']}{info['shape']} in the ticket but "
-                    f"{dtype}{list(shape)} in the base {base.label}; use the base the ticket was made from")
-            entry = t._file.entry(name) if t._file is not None else t[name]
-            if entry.base_sample is not None or (full and entry.base_digest is not None):
-                wanted.add(name)
+    checks = _BaseChecks(base, tickets, full=full, force=force)
+    checks.check_all()
+    return checks.warnings()
 
-    def fingerprint(name: str) -> tuple[str, str | None]:
-        arr = base.array(name)
+
+class _BaseChecks:
+    """A base-identity check split in two: the structure of every ticket tensor (presence, shape,
+    dtype: no data read) on construction, then each tensor's fingerprints by :meth:`check`,
+    whenever its data is at hand (the merge checks each touched tensor just before merging it,
+    while its pages are mapped for the merge anyway). Thread-safe.
+
+    Raises (construction): TensorMismatchError naming the ticket and tensor.
+    """
+
+    def __init__(self, base: TensorSource, tickets: Sequence[Ticket], *, full: bool, force: bool):
+        self.base, self.full, self.force = base, full, force
+        self._warnings: list[tuple[int, int, str]] = []
+        self._lock = threading.Lock()
+        #: per tensor name: (ticket number, position in that ticket, ticket, entry) to compare
+        self.wanted: dict[str, list[tuple[int, int, Ticket, Any]]] = {}
+        names = set(base.names())
+        for k, t in enumerate(tickets):
+            label = t.path or "ticket"
+            for pos, name in enumerate(t.names):
+                info = t.info(name)
+                if name not in names:
+                    raise TensorMismatchError(f"{label}: tensor {name!r} is not in the base model {base.label}; "
+                                              "this ticket was made for another architecture")
+                dtype, shape = base.info(name)
+                if tuple(shape) != tuple(info["shape"]) or dtype != info["dtype"]:
+                    raise TensorMismatchError(
+                        f"{label}: tensor {name!r} is {info['dtype']}{info['shape']} in the ticket but "
+                        f"{dtype}{list(shape)} in the base {base.label}; use the base the ticket was made from")
+                entry = t._file.entry(name) if t._file is not None else t[name]
+                if entry.base_sample is not None or (full and entry.base_digest is not None):
+                    self.wanted.setdefault(name, []).append((k, pos, t, entry))
+
+    def check(self, name: str, arr: np.ndarray) -> None:
+        """Compare tensor ``name`` of the base (its storage array) with every ticket's fingerprints.
+
+        Raises:
+            FingerprintMismatchError: naming the ticket and tensor (unless ``force``: then kept
+                for :meth:`warnings`).
+        """
+        wanted = self.wanted.get(name)
+        if not wanted:
+            return
         sample = base_sample(arr)
-        digest = base_digest(arr) if full else None
-        # The 4096 sampled entries touch nearly every page of the tensor: drop them, or the
-        # whole touched base stays resident before the merge starts.
-        base.release(name)
-        return sample, digest
-
-    order = [n for n in base.names() if n in wanted]  # file order: sequential reads
-    with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as ex:
-        prints = dict(zip(order, ex.map(fingerprint, order)))
-    for t in tickets:
-        label = t.path or "ticket"
-        for name in t.names:
-            entry = t._file.entry(name) if t._file is not None else t[name]
+        digest = base_digest(arr) if self.full else None
+        for k, pos, t, entry in wanted:
+            label = t.path or "ticket"
             try:
-                sample, digest = prints.get(name, (None, None))
                 if entry.base_sample is not None and sample != entry.base_sample:
                     raise FingerprintMismatchError(
-                        f"{label}: tensor {name!r} of the base {base.label} differs from the base this ticket "
-                        f"was made from{_ref(t)}; use that base (or --force to merge anyway)")
-                if full and entry.base_digest is not None and digest != entry.base_digest:
+                        f"{label}: tensor {name!r} of the base {self.base.label} differs from the base this "
+                        f"ticket was made from{_ref(t)}; use that base (or --force to merge anyway)")
+                if self.full and entry.base_digest is not None and digest != entry.base_digest:
                     raise FingerprintMismatchError(
                         f"{label}: tensor {name!r}: full digest differs from the ticket's base{_ref(t)}")
             except FingerprintMismatchError as e:  # --force overrides content, never shapes or dtypes
-                if not force:
+                if not self.force:
                     raise
-                warnings.append(str(e))
-    return warnings
+                with self._lock:
+                    self._warnings.append((k, pos, str(e)))
+
+    def check_all(self) -> None:
+        """:meth:`check` every wanted tensor now, on a few threads (page faults dominate)."""
+
+        def fingerprint(name: str) -> None:
+            try:
+                self.check(name, self.base.array(name))
+            finally:
+                # The 4096 sampled entries touch nearly every page of the tensor: drop them, or
+                # the whole touched base stays resident.
+                self.base.release(name)
+
+        order = [n for n in self.base.names() if n in self.wanted]  # file order: sequential reads
+        with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as ex:
+            list(ex.map(fingerprint, order))
+
+    def warnings(self) -> list[str]:
+        """The overridden mismatches, in ticket order."""
+        return [w for _, _, w in sorted(self._warnings)]
 
 
 def _ref(t: Ticket) -> str:
@@ -551,15 +583,19 @@ def merge(base: Any, tickets: Sequence[Any], out_dir: str | os.PathLike, *, para
     if dtype is not None and dtype not in _DTYPE_NAMES:
         raise MergeConfigError(f"--dtype must be one of {', '.join(_DTYPE_NAMES)}, got {dtype!r}")
     src = open_model(base, role="base")
-    # The base identity check runs while the rest is prepared and the tickets are decoded; no
-    # tensor is written before it has passed (every worker waits for it first).
-    pool = ThreadPoolExecutor(1)
-    checked = pool.submit(check_base_identity, src, tks, full=verify_base, force=force)
     try:
+        # Base identity: presence, shapes and dtypes of every ticket tensor now (no data read); the
+        # fingerprints of each touched tensor by the worker that merges it, right before it does,
+        # while its pages are mapped for the merge anyway. A mismatch stops the merge and the
+        # temporary output is removed, so a wrong base still leaves no output.
+        checks = _BaseChecks(src, tks, full=verify_base, force=force)
         spec = get_method(params.method)
         global_trims = params.scope == "global" and spec.sparsify == "magnitude"
         if spec.name == "disjoint" or global_trims:
-            checked.result()  # these read the tickets against the base: a wrong base is reported first
+            checks.check_all()  # these read the tickets against the base: a wrong base is reported first
+            check = None
+        else:
+            check = checks.check
         if spec.name == "disjoint":
             from .compare import check_disjoint_tickets
 
@@ -574,8 +610,8 @@ def merge(base: Any, tickets: Sequence[Any], out_dir: str | os.PathLike, *, para
             io_lock = native.Mutex() if Sink.supported() else None
             writer = ShardedWriter(tmp, plan, max_shard_size=max_shard_size, flush_behind=fsync, io_lock=io_lock)
             changed = _stream(src, tks, names, touched, out_dt, params, trims, writer, threads, progress,
-                              gate=checked.result)
-            warnings = checked.result()
+                              check=check)
+            warnings = checks.warnings()
             writer.close()
             record = _record(src, tks, params, dtype, base_ref, ticket_refs, notes, warnings, changed, names, touched)
             if src.path is not None:
@@ -588,13 +624,12 @@ def merge(base: Any, tickets: Sequence[Any], out_dir: str | os.PathLike, *, para
         return MergeResult(os.fspath(out_dir), len(names), len(touched), changed, time.perf_counter() - t0,
                            written, record["params"], warnings)
     finally:
-        pool.shutdown(wait=True)  # a check still running must not outlive the source it reads
         src.close()
 
 
 def _stream(src: TensorSource, tks: list[Ticket], names: list[str], touched: set[str], out_dt: dict[str, str],
             params: MergeParams, trims, writer: ShardedWriter, threads: int | None, progress: Progress,
-            gate: Callable[[], Any] = lambda: None) -> int:
+            check: Callable[[str, np.ndarray], None] | None = None) -> int:
     """Write every tensor, on a pool of worker threads, each tensor whole on one worker.
 
     Untouched tensors are written straight from the base's mapped pages; touched ones are
@@ -602,8 +637,8 @@ def _stream(src: TensorSource, tks: list[Ticket], names: list[str], touched: set
     as it is done, while it is in the CPU cache (:class:`Sink`); other paths write the merged
     array. Workers write positionally into the shards (:meth:`ShardedWriter.write_at`), so
     tensors finish in any order; base pages are released as soon as a tensor is written.
-    ``gate()`` is called before anything is written (it raises when the base check failed);
-    decoding may run before it returns.
+    ``check(name, base_array)`` is called for every touched tensor before it is merged (the
+    base-identity fingerprints; it raises on a mismatch).
     """
     sinks = Sink.supported()
     # Writers wait for each other asleep on the shared lock: one worker more than cores keeps
@@ -617,7 +652,6 @@ def _stream(src: TensorSource, tks: list[Ticket], names: list[str], touched: set
         dtype = src.info(n)[0]
         try:
             if n not in touched:
-                gate()
                 arr = src.array(n)
                 if out_dt[n] != dtype:
                     arr = from_float32(to_float32(arr, dtype), out_dt[n])
@@ -626,17 +660,19 @@ def _stream(src: TensorSource, tks: list[Ticket], names: list[str], touched: set
             coded = _gap_parts(n, dtype, tks, params) if sinks and out_dt[n] == dtype else None
             # one decoding thread per tensor: the pool already works on several tensors at once
             parts = None if coded is not None else [t.tensor(n, threads=1) if n in t else None for t in tks]
-            gate()
+            base_arr = src.array(n)
+            if check is not None:
+                check(n, base_arr)
             sink = None
             if sinks:
                 if not hasattr(local, "window"):
                     local.window = np.empty(native.WINDOW * 4, np.uint8)
                 sink = Sink(*writer.target(n), local.window, lock)
             if coded is not None:
-                c = _gapped_sum(native.kernels("codec"), n, src.array(n).reshape(-1), dtype, coded, sink)
+                c = _gapped_sum(native.kernels("codec"), n, base_arr.reshape(-1), dtype, coded, sink)
                 writer.finish(n)
                 return c
-            arr, c = merge_tensor_values(n, src.array(n), dtype, out_dt[n], parts, params, trims, buffers, sink)
+            arr, c = merge_tensor_values(n, base_arr, dtype, out_dt[n], parts, params, trims, buffers, sink)
             if arr is None:
                 writer.finish(n)
             else:
