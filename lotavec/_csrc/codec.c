@@ -516,6 +516,98 @@ int64_t lv_delta(const void *base_, const int64_t *idx, const void *payload, int
     return -1;
 }
 
+/* The gap g(j) of entry j of a chunk whose gaps are w bytes wide (w a compile-time constant). */
+static inline __attribute__((always_inline)) uint32_t lv_gap_w(const uint8_t *g, int w, int64_t cnt, int64_t j) {
+    uint32_t x = g[j];
+    if (w >= 2) x |= (uint32_t)g[cnt + j] << 8;
+    if (w == 4) x |= ((uint32_t)g[2 * cnt + j] << 16) | ((uint32_t)g[3 * cnt + j] << 24);
+    return x;
+}
+
+/* lv_delta over one chunk of a gap-coded mask (see lv_cursor: its indices are start - 1 + the
+ * running sum of g(j) + 1), adding each |delta|'s high 16 bits to hist (lv_topk_abs's first
+ * histogram). Returns -1, or the flat index of the first entry whose fine-tuned value is Inf/NaN. */
+static inline __attribute__((always_inline)) int64_t lv_dh_chunk(
+        int width, int w, const void *restrict base_, int64_t start, const uint8_t *restrict g, int64_t cnt,
+        const void *restrict p_, int32_t mode, float *restrict out, uint32_t *restrict hist) {
+    const uint16_t *b16 = (const uint16_t *)base_, *p16 = (const uint16_t *)p_;
+    const uint32_t *b32 = (const uint32_t *)base_, *p32 = (const uint32_t *)p_;
+    const uint32_t expmask = width == 2 ? 0x7F80u : 0x7F800000u;
+    int64_t i = start - 1;
+    for (int64_t j = 0; j < cnt; j++) {
+        i += (int64_t)lv_gap_w(g, w, cnt, j) + 1;
+        uint32_t bb = width == 2 ? b16[i] : b32[i];
+        uint32_t pv = width == 2 ? p16[j] : p32[j];
+        uint32_t f = mode ? pv : (width == 2 ? (uint16_t)(bb + pv) : bb + pv);
+        if ((f & expmask) == expmask) return i;
+        float d = lv_f32_of(f, width) - lv_f32_of(bb, width);
+        out[j] = d;
+        hist[(lv_bits_of(d) & 0x7FFFFFFFu) >> 16]++;
+    }
+    return -1;
+}
+
+/* lv_delta for a ticket whose mask is gap-coded (nchunks chunks: first elements start, entry
+ * counts cnt, gap widths wid (1, 2, 4), gap planes gaps; the caller has checked every chunk's
+ * last index against its end), fused with the first histogram of lv_topk_abs: out[j] = the
+ * float32 delta of entry j (entries in order), hist (65536 uint32, zeroed here) counts the high
+ * 16 bits of |out[j]|. BF16 (width 2) or F32 (width 4) bits. Returns -1, or the flat index of the
+ * first entry whose fine-tuned value is Inf/NaN. */
+int64_t lv_delta_hist_g(const void *base_, int64_t nchunks, const int64_t *start, const int64_t *cnt,
+                        const int32_t *wid, const uint8_t *const *gaps, const void *payload, int32_t width,
+                        int32_t mode, float *out, uint32_t *hist) {
+    memset(hist, 0, 65536 * sizeof(uint32_t));
+    int64_t a = 0, bad = -1;
+    for (int64_t c = 0; c < nchunks && bad < 0; a += cnt[c], c++) {
+        if (cnt[c] == 0) continue;
+        const char *p = (const char *)payload + a * width;
+        float *o = out + a;
+        int w = wid[c];
+#define LV_DH(W, G) bad = lv_dh_chunk(W, G, base_, start[c], gaps[c], cnt[c], p, mode, o, hist)
+        if (width == 2) { if (w == 1) LV_DH(2, 1); else if (w == 2) LV_DH(2, 2); else LV_DH(2, 4); }
+        else { if (w == 1) LV_DH(4, 1); else if (w == 2) LV_DH(4, 2); else LV_DH(4, 4); }
+#undef LV_DH
+    }
+    return bad;
+}
+
+/* lv_topk_abs after lv_delta_hist_g, with the kept entries' flat indices read from the same
+ * gap-coded mask instead of an index array: hist holds the first histogram of x already. The
+ * same selection (k largest |x|, ties at the threshold from the lowest positions), written to
+ * out_idx / out_val (k slots each); 0 < k < n. Returns the count written (k). */
+int64_t lv_topk_g(const float *x, int64_t n, int64_t k, uint32_t *hist, int64_t nchunks, const int64_t *start,
+                  const int64_t *cnt, const int32_t *wid, const uint8_t *const *gaps, int64_t *out_idx,
+                  float *out_val) {
+    const uint32_t *u = (const uint32_t *)x;
+    int64_t above = 0; int32_t b = 65535;
+    for (; b > 0; b--) { if (above + hist[b] >= k) break; above += hist[b]; }
+    int64_t need = k - above;
+    memset(hist, 0, 65536 * sizeof(uint32_t));
+    for (int64_t j = 0; j < n; j++) {
+        uint32_t key = u[j] & 0x7FFFFFFFu;
+        if ((key >> 16) == (uint32_t)b) hist[key & 0xFFFFu]++;
+    }
+    int64_t above2 = 0; int32_t lo = 65535;
+    for (; lo > 0; lo--) { if (above2 + hist[lo] >= need) break; above2 += hist[lo]; }
+    uint32_t t = ((uint32_t)b << 16) | (uint32_t)lo;
+    int64_t ties = need - above2, m = 0, a = 0;
+    for (int64_t c = 0; c < nchunks; a += cnt[c], c++) {
+        const uint8_t *g = gaps[c];
+        int64_t nc = cnt[c], i = start[c] - 1;
+        int w = wid[c];
+        for (int64_t j = 0; j < nc; j++) {
+            i += (int64_t)(w == 1 ? lv_gap_w(g, 1, nc, j) : w == 2 ? lv_gap_w(g, 2, nc, j) : lv_gap_w(g, 4, nc, j)) + 1;
+            uint32_t key = u[a + j] & 0x7FFFFFFFu;
+            int64_t keep = key > t;
+            if (key == t) { keep = ties > 0; ties -= keep; }  /* rare: predictable */
+            out_idx[m] = i; out_val[m] = x[a + j];
+            m += keep;
+            if (m == k) return m;  /* out_* hold exactly k slots */
+        }
+    }
+    return m;
+}
+
 /* Block of lv_consensus: its scratch (13 bytes per element) stays in the L2 cache. */
 #define LV_CBLOCK 16384
 
@@ -817,7 +909,7 @@ uint32_t lv_crc32(const uint8_t *data, int64_t n, uint32_t crc, int32_t use_clmu
 }
 
 /* Version of these kernels' calling conventions (lotavec/native.py refuses other builds). */
-int32_t lv_abi(void) { return 6; }
+int32_t lv_abi(void) { return 7; }
 
 /* A valid (empty) extension module, so that setuptools builds and installs this file like any
  * other; lotavec uses it only through ctypes. */

@@ -540,6 +540,62 @@ def _gapped_sum(lib, name: str, flat: np.ndarray, dtype: str, parts: list[tuple[
     return int(changed)
 
 
+def _trim_gap_parts(name: str, dtype: str, tks: list[Ticket], params: MergeParams
+                    ) -> list[tuple[int, Ticket, GapCoded]] | None:
+    """The tickets touching ``name``, each decoded with its mask left gap-coded, when TIES
+    (per-tensor magnitude trim, then the compiled consensus) can take :func:`_gapped_trims`:
+    lossless BF16/F32 tickets; else ``None``."""
+    spec = get_method(params.method)
+    if not (spec.consensus and spec.sparsify == "magnitude" and params.scope == "tensor") or len(tks) > 64:
+        return None
+    live = [(i, t) for i, t in enumerate(tks) if name in t]
+    if not live or dtype not in ("BF16", "F32"):
+        return None
+    if any(t.info(name)["values"] not in ("ulpdiff", "raw") for _, t in live):
+        return None
+    coded = [t.gap_coded(name) for _, t in live]
+    if any(g is None for g in coded):
+        return None
+    return [(i, t, g) for (i, t), g in zip(live, coded)]
+
+
+def _gapped_trims(lib, name: str, flat: np.ndarray, dtype: str, parts: list[tuple[int, Ticket, GapCoded]],
+                  n_tickets: int, params: MergeParams) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each ticket's trimmed deltas (Tᵢ: flat indices, float32 values), as
+    :func:`~lotavec.merge.methods.prepare_parts` gives them, from gap-coded masks: ``lv_delta_hist_g``
+    computes the deltas and the first magnitude histogram in one pass, and ``lv_topk_g`` selects
+    reading the kept entries' indices from the mask, so no index array of all entries is made."""
+    bits = BITS[dtype]
+    width = np.dtype(bits).itemsize
+    prep: list[tuple[np.ndarray, np.ndarray]] = [(np.empty(0, np.int64), np.empty(0, np.float32))] * n_tickets
+    hist = np.empty(1 << 16, np.uint32)
+    for i, t, g in parts:
+        planes = [np.frombuffer(p, np.uint8) for p in g.planes]
+        ptrs = (ctypes.c_void_p * max(1, len(planes)))(*[native.ptr(p) for p in planes])
+        chunks = (len(planes), native.ptr(g.starts), native.ptr(g.counts), native.ptr(g.widths), ptrs)
+        pl = np.ascontiguousarray(g.payload).view(bits)
+        n = pl.size
+        d = np.empty(n, np.float32)
+        bad = lib.lv_delta_hist_g(native.ptr(flat.view(bits)), *chunks, native.ptr(pl), width,
+                                  1 if t.info(name)["values"] == "raw" else 0, native.ptr(d), native.ptr(hist))
+        if bad >= 0:
+            raise CorruptTicketError(
+                f"tensor {name!r}: applying the ticket gives a non-finite value at flat index {int(bad)}; "
+                "the base is not the one this ticket was made from, or the ticket is corrupt")
+        k = int(params.density_of(i) * flat.size)
+        if k >= n:  # keeps everything
+            idx, off = np.empty(n, np.int64), 0
+            for plane, start, cnt, w in zip(planes, g.starts.tolist(), g.counts.tolist(), g.widths.tolist()):
+                lib.lv_gaps_decode(native.ptr(plane), w, cnt, start, native.ptr(idx[off:]))
+                off += cnt
+            prep[i] = (idx, d)
+        elif k > 0:
+            out_idx, out_val = np.empty(k, np.int64), np.empty(k, np.float32)
+            m = lib.lv_topk_g(native.ptr(d), n, k, native.ptr(hist), *chunks, native.ptr(out_idx), native.ptr(out_val))
+            prep[i] = (out_idx[:m], out_val[:m])
+    return prep
+
+
 def merge(base: Any, tickets: Sequence[Any], out_dir: str | os.PathLike, *, params: MergeParams | None = None,
           dtype: str | None = None, max_shard_size: int | str = "5GB", overwrite: bool = False,
           force: bool = False, verify_base: bool = False, threads: int | None = None,
@@ -658,8 +714,11 @@ def _stream(src: TensorSource, tks: list[Ticket], names: list[str], touched: set
                 writer.write_at(n, arr)
                 return 0
             coded = _gap_parts(n, dtype, tks, params) if sinks and out_dt[n] == dtype else None
+            tcoded = (_trim_gap_parts(n, dtype, tks, params) if coded is None and sinks and out_dt[n] == dtype
+                      else None)
             # one decoding thread per tensor: the pool already works on several tensors at once
-            parts = None if coded is not None else [t.tensor(n, threads=1) if n in t else None for t in tks]
+            parts = (None if coded is not None or tcoded is not None
+                     else [t.tensor(n, threads=1) if n in t else None for t in tks])
             base_arr = src.array(n)
             if check is not None:
                 check(n, base_arr)
@@ -670,6 +729,12 @@ def _stream(src: TensorSource, tks: list[Ticket], names: list[str], touched: set
                 sink = Sink(*writer.target(n), local.window, lock)
             if coded is not None:
                 c = _gapped_sum(native.kernels("codec"), n, base_arr.reshape(-1), dtype, coded, sink)
+                writer.finish(n)
+                return c
+            if tcoded is not None:
+                lib, flat = native.kernels("codec"), base_arr.reshape(-1)
+                prep = _gapped_trims(lib, n, flat, dtype, tcoded, len(tks), params)
+                _, c = _consensus_native(lib, n, flat, dtype, prep, params, buffers, sink)
                 writer.finish(n)
                 return c
             arr, c = merge_tensor_values(n, base_arr, dtype, out_dt[n], parts, params, trims, buffers, sink)

@@ -521,3 +521,83 @@ def test_gap_planes_check_the_range_like_decode_mask():
             fn()
     assert codecs.gap_planes("all", b"", 4, 4, "t") == (1, bytes(4))
     assert codecs.gap_planes("bitmap", b"", 0, 4, "t") is None
+
+
+@pytest.mark.parametrize("density,semantics,bitmap", [(0.05, "mergekit", False), (0.05, "peft", False),
+                                                       (0.5, "mergekit", False), (0.05, "mergekit", True)])
+def test_ties_reading_gap_coded_masks_matches_the_numpy_merge(monkeypatch, tmp_path, density, semantics, bitmap):
+    """TIES from gap-coded masks (lv_delta_hist_g + lv_topk_g, then the consensus kernel): the same
+    bytes as the numpy merge, for a trim (k < stored entries) and for density 0.5 (k ≥ stored
+    entries: every entry kept); with a bitmap chunk the decoded-index path is taken."""
+    import lotavec.merge.engine as eng
+    from lotavec.merge import MergeParams, merge
+
+    folder, paths = _gap_case(tmp_path, ("BF16", "F32"), 2, seed=7, bitmap=bitmap)
+    used = []
+    real = eng._trim_gap_parts
+
+    def spy(*a, **k):
+        r = real(*a, **k)
+        used.append(r is not None)
+        return r
+
+    monkeypatch.setattr(eng, "_trim_gap_parts", spy)
+    params = MergeParams(method="ties", density=density, semantics=semantics, weights=(1.0, 0.7))
+    fast = merge(folder, paths, tmp_path / "fast", params=params, fsync=False)
+    assert used and all(u != bitmap for u in used)
+    monkeypatch.setenv(native.ENV, "0")
+    slow = merge(folder, paths, tmp_path / "slow", params=params, fsync=False)
+    monkeypatch.delenv(native.ENV)
+    assert (tmp_path / "fast" / "model.safetensors").read_bytes() == (tmp_path / "slow" / "model.safetensors").read_bytes()
+    assert fast.changed_entries == slow.changed_entries > 0
+
+
+@pytest.mark.parametrize("width", [2, 4])
+def test_delta_hist_and_topk_from_gaps_equal_delta_and_topk_abs(width):
+    """lv_delta_hist_g + lv_topk_g on gap-coded chunks = lv_delta + lv_topk_abs on the decoded
+    indices (deltas, selection with ties at the threshold, kept indices); a non-finite fine-tuned
+    value is reported by its flat index."""
+    import ctypes
+
+    lib = native.kernels("codec")
+    rng = np.random.default_rng(width)
+    numel, ce = 300_000, 1 << 16
+    bits_t = np.uint16 if width == 2 else np.uint32
+    base = (rng.standard_normal(numel).astype(np.float32) * 0.05)
+    base = (base.view(np.uint32) >> 16).astype(np.uint16) if width == 2 else base.view(np.uint32)
+    idx = np.sort(rng.choice(numel, 40_000, replace=False)).astype(np.int64)
+    pay = rng.integers(0, 4, idx.size).astype(bits_t)  # small ulp steps: many equal |delta| (ties)
+    starts, counts, widths, planes = [], [], [], []
+    for c0 in range(0, numel, ce):
+        sel = idx[(idx >= c0) & (idx < c0 + ce)] - c0
+        codec, stream = codecs.encode_gaps(sel) if sel.size else ("none", b"")
+        if sel.size:
+            w, pl = codecs.gap_planes(codec, stream, sel.size, min(ce, numel - c0), "t")
+        else:
+            w, pl = 1, b""
+        starts.append(c0), counts.append(sel.size), widths.append(w), planes.append(np.frombuffer(pl, np.uint8))
+    starts, counts, widths = (np.array(starts, np.int64), np.array(counts, np.int64), np.array(widths, np.int32))
+    ptrs = (ctypes.c_void_p * len(planes))(*[native.ptr(p) if p.size else None for p in planes])
+    chunks = (len(planes), native.ptr(starts), native.ptr(counts), native.ptr(widths), ptrs)
+    for mode in (0, 1):
+        ref, d, hist = np.empty(idx.size, np.float32), np.empty(idx.size, np.float32), np.empty(1 << 16, np.uint32)
+        assert lib.lv_delta(native.ptr(base), native.ptr(idx), native.ptr(pay), idx.size, width, mode, native.ptr(ref)) == -1
+        assert lib.lv_delta_hist_g(native.ptr(base), *chunks, native.ptr(pay), width, mode, native.ptr(d),
+                                   native.ptr(hist)) == -1
+        assert np.array_equal(d.view(np.uint32), ref.view(np.uint32))
+        for k in (1, 777, 20_000, idx.size - 1):
+            want_pos, want_idx, want_val = np.empty(k, np.int64), np.empty(k, np.int64), np.empty(k, np.float32)
+            h2 = np.empty(1 << 16, np.uint32)
+            assert lib.lv_topk_abs(native.ptr(ref), idx.size, k, native.ptr(want_pos), native.ptr(h2), native.ptr(idx),
+                                   native.ptr(want_idx), native.ptr(want_val)) == k
+            lib.lv_delta_hist_g(native.ptr(base), *chunks, native.ptr(pay), width, mode, native.ptr(d), native.ptr(hist))
+            got_idx, got_val = np.empty(k, np.int64), np.empty(k, np.float32)
+            assert lib.lv_topk_g(native.ptr(d), idx.size, k, native.ptr(hist), *chunks, native.ptr(got_idx),
+                                 native.ptr(got_val)) == k
+            assert np.array_equal(got_idx, want_idx) and np.array_equal(got_val.view(np.uint32), want_val.view(np.uint32))
+    bad = pay.copy()
+    inf = 0x7F80 if width == 2 else 0x7F800000
+    bad[12_345] = inf  # raw mode: this entry's fine-tuned value is +Inf
+    d, hist = np.empty(idx.size, np.float32), np.empty(1 << 16, np.uint32)
+    assert lib.lv_delta_hist_g(native.ptr(base), *chunks, native.ptr(bad), width, 1, native.ptr(d),
+                               native.ptr(hist)) == idx[12_345]
