@@ -571,6 +571,24 @@ int64_t lv_delta_hist_g(const void *base_, int64_t nchunks, const int64_t *start
     return bad;
 }
 
+/* lv_topk_g's emitting pass over one chunk (gap width w a compile-time constant); returns m. */
+static inline __attribute__((always_inline)) int64_t lv_emit_chunk(
+        int w, const uint32_t *restrict u, const float *restrict x, int64_t start, const uint8_t *restrict g,
+        int64_t cnt, uint32_t t, int64_t *ties, int64_t m, int64_t k, int64_t *restrict out_idx,
+        float *restrict out_val) {
+    int64_t i = start - 1;
+    for (int64_t j = 0; j < cnt; j++) {
+        i += (int64_t)lv_gap_w(g, w, cnt, j) + 1;
+        uint32_t key = u[j] & 0x7FFFFFFFu;
+        int64_t keep = key > t;
+        if (key == t) { keep = *ties > 0; *ties -= keep; }  /* rare: predictable */
+        out_idx[m] = i; out_val[m] = x[j];
+        m += keep;
+        if (m == k) break;  /* out_* hold exactly k slots */
+    }
+    return m;
+}
+
 /* lv_topk_abs after lv_delta_hist_g, with the kept entries' flat indices read from the same
  * gap-coded mask instead of an index array: hist holds the first histogram of x already. The
  * same selection (k largest |x|, ties at the threshold from the lowest positions), written to
@@ -591,19 +609,12 @@ int64_t lv_topk_g(const float *x, int64_t n, int64_t k, uint32_t *hist, int64_t 
     for (; lo > 0; lo--) { if (above2 + hist[lo] >= need) break; above2 += hist[lo]; }
     uint32_t t = ((uint32_t)b << 16) | (uint32_t)lo;
     int64_t ties = need - above2, m = 0, a = 0;
-    for (int64_t c = 0; c < nchunks; a += cnt[c], c++) {
-        const uint8_t *g = gaps[c];
-        int64_t nc = cnt[c], i = start[c] - 1;
+    for (int64_t c = 0; c < nchunks && m < k; a += cnt[c], c++) {
+        if (cnt[c] == 0) continue;
         int w = wid[c];
-        for (int64_t j = 0; j < nc; j++) {
-            i += (int64_t)(w == 1 ? lv_gap_w(g, 1, nc, j) : w == 2 ? lv_gap_w(g, 2, nc, j) : lv_gap_w(g, 4, nc, j)) + 1;
-            uint32_t key = u[a + j] & 0x7FFFFFFFu;
-            int64_t keep = key > t;
-            if (key == t) { keep = ties > 0; ties -= keep; }  /* rare: predictable */
-            out_idx[m] = i; out_val[m] = x[a + j];
-            m += keep;
-            if (m == k) return m;  /* out_* hold exactly k slots */
-        }
+        if (w == 1) m = lv_emit_chunk(1, u + a, x + a, start[c], gaps[c], cnt[c], t, &ties, m, k, out_idx, out_val);
+        else if (w == 2) m = lv_emit_chunk(2, u + a, x + a, start[c], gaps[c], cnt[c], t, &ties, m, k, out_idx, out_val);
+        else m = lv_emit_chunk(4, u + a, x + a, start[c], gaps[c], cnt[c], t, &ties, m, k, out_idx, out_val);
     }
     return m;
 }

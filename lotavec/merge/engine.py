@@ -560,12 +560,21 @@ def _trim_gap_parts(name: str, dtype: str, tks: list[Ticket], params: MergeParam
 
 
 def _gapped_trims(lib, name: str, flat: np.ndarray, dtype: str, parts: list[tuple[int, Ticket, GapCoded]],
-                  n_tickets: int, params: MergeParams) -> list[tuple[np.ndarray, np.ndarray]]:
+                  n_tickets: int, params: MergeParams, buffers: _Buffers, used: list[np.ndarray]
+                  ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Each ticket's trimmed deltas (Tᵢ: flat indices, float32 values), as
     :func:`~lotavec.merge.methods.prepare_parts` gives them, from gap-coded masks: ``lv_delta_hist_g``
     computes the deltas and the first magnitude histogram in one pass, and ``lv_topk_g`` selects
-    reading the kept entries' indices from the mask, so no index array of all entries is made."""
+    reading the kept entries' indices from the mask, so no index array of all entries is made.
+    Scratch and result arrays come from ``buffers`` and are listed in ``used`` (give them back once
+    the result is consumed)."""
     bits = BITS[dtype]
+
+    def take(count: int, dt) -> np.ndarray:
+        buf = buffers.take(count * np.dtype(dt).itemsize)
+        used.append(buf)
+        return buf[: count * np.dtype(dt).itemsize].view(dt)
+
     width = np.dtype(bits).itemsize
     prep: list[tuple[np.ndarray, np.ndarray]] = [(np.empty(0, np.int64), np.empty(0, np.float32))] * n_tickets
     hist = np.empty(1 << 16, np.uint32)
@@ -575,7 +584,7 @@ def _gapped_trims(lib, name: str, flat: np.ndarray, dtype: str, parts: list[tupl
         chunks = (len(planes), native.ptr(g.starts), native.ptr(g.counts), native.ptr(g.widths), ptrs)
         pl = np.ascontiguousarray(g.payload).view(bits)
         n = pl.size
-        d = np.empty(n, np.float32)
+        d = take(n, np.float32)
         bad = lib.lv_delta_hist_g(native.ptr(flat.view(bits)), *chunks, native.ptr(pl), width,
                                   1 if t.info(name)["values"] == "raw" else 0, native.ptr(d), native.ptr(hist))
         if bad >= 0:
@@ -590,7 +599,7 @@ def _gapped_trims(lib, name: str, flat: np.ndarray, dtype: str, parts: list[tupl
                 off += cnt
             prep[i] = (idx, d)
         elif k > 0:
-            out_idx, out_val = np.empty(k, np.int64), np.empty(k, np.float32)
+            out_idx, out_val = take(k, np.int64), take(k, np.float32)
             m = lib.lv_topk_g(native.ptr(d), n, k, native.ptr(hist), *chunks, native.ptr(out_idx), native.ptr(out_val))
             prep[i] = (out_idx[:m], out_val[:m])
     return prep
@@ -700,7 +709,7 @@ def _stream(src: TensorSource, tks: list[Ticket], names: list[str], touched: set
     # Writers wait for each other asleep on the shared lock: one worker more than cores keeps
     # every core busy while one of them waits.
     workers = max(1, threads or (os.cpu_count() or 1) + int(sinks))
-    buffers = _Buffers(keep=workers + 2)
+    buffers = _Buffers(keep=4 * workers + 2)  # output arrays; TIES: 3 scratch arrays per ticket
     local = threading.local()
     lock = writer.io_lock if sinks and isinstance(writer.io_lock, native.Mutex) else None
 
@@ -732,9 +741,13 @@ def _stream(src: TensorSource, tks: list[Ticket], names: list[str], touched: set
                 writer.finish(n)
                 return c
             if tcoded is not None:
-                lib, flat = native.kernels("codec"), base_arr.reshape(-1)
-                prep = _gapped_trims(lib, n, flat, dtype, tcoded, len(tks), params)
-                _, c = _consensus_native(lib, n, flat, dtype, prep, params, buffers, sink)
+                lib, flat, used = native.kernels("codec"), base_arr.reshape(-1), []
+                try:
+                    prep = _gapped_trims(lib, n, flat, dtype, tcoded, len(tks), params, buffers, used)
+                    _, c = _consensus_native(lib, n, flat, dtype, prep, params, buffers, sink)
+                finally:
+                    for b in used:
+                        buffers.give(b)
                 writer.finish(n)
                 return c
             arr, c = merge_tensor_values(n, base_arr, dtype, out_dt[n], parts, params, trims, buffers, sink)
