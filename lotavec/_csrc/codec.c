@@ -821,11 +821,18 @@ int64_t lv_consensus2(void *out_, const void *base_, int64_t n, int32_t width,
                       float w0, float w1, int32_t peft, int32_t total, int32_t normalize, float lam, int32_t apply_lam,
                       int64_t *err, float *stash, uint8_t *seen, int32_t fd, int64_t foff, void *lock) {
     err[0] = 0;
-    if (width == 2)
-        return lv_consensus2_w(2, out_, base_, n, i0, x0, n0, i1, x1, n1, w0, w1, peft, total, normalize, lam,
-                               apply_lam, err, stash, seen, fd, foff, lock);
-    return lv_consensus2_w(4, out_, base_, n, i0, x0, n0, i1, x1, n1, w0, w1, peft, total, normalize, lam, apply_lam,
-                           err, stash, seen, fd, foff, lock);
+    /* The rule's flags as compile-time constants: each combination gets its own loop (the
+     * loops keep fewer values in registers and test no flag per entry). */
+    int rule = (width == 2) << 4 | (peft != 0) << 3 | (total != 0) << 2 | (normalize != 0) << 1 | (apply_lam != 0);
+#define LV_C2(R) case R: return lv_consensus2_w((R) & 16 ? 2 : 4, out_, base_, n, i0, x0, n0, i1, x1, n1, w0, w1, \
+        ((R) >> 3) & 1, ((R) >> 2) & 1, ((R) >> 1) & 1, lam, (R) & 1, err, stash, seen, fd, foff, lock);
+#define LV_C2x4(R) LV_C2(R) LV_C2(R + 1) LV_C2(R + 2) LV_C2(R + 3)
+    switch (rule) {
+        LV_C2x4(0) LV_C2x4(4) LV_C2x4(8) LV_C2x4(12) LV_C2x4(16) LV_C2x4(20) LV_C2x4(24) LV_C2x4(28)
+    }
+#undef LV_C2x4
+#undef LV_C2
+    return 0;  /* not reached */
 }
 
 /* CRC-32 (the zlib / ISO-HDLC polynomial, reflected 0xEDB88320) of the ticket format's chunk
