@@ -2,17 +2,16 @@
 
 For one model of ``_models.py`` and its two 10 % tickets, in this process (inputs warmed first):
 
-* **decode**: decoding every ticket tensor of both tickets (one thread, as a merge worker does):
-  for ``sum`` with the masks left gap-coded (``Ticket.gap_coded``, what the merge reads), for
-  ``ties`` into index and payload arrays (``Ticket.tensor``);
+* **decode**: decoding every ticket tensor of both tickets (one thread, as a merge worker does),
+  with the masks left gap-coded (``Ticket.gap_coded``, what the merge reads for both methods);
 * **kernel**: the merge of every touched tensor from the decoded tickets, one thread, its output
-  written to ``/dev/null`` through a sink (``sum``: ``engine._gapped_sum``; ``ties``:
-  :func:`lotavec.merge.engine.merge_tensor_values`);
+  written to ``/dev/null`` through a sink (``sum``: ``engine._gapped_sum``; ``ties``: the trims,
+  ``engine._gapped_trims``, then the consensus, ``engine._consensus_native``, reported apart);
 * **timeline**: one real ``lotavec.merge`` (all cores, no fsync) with its stages timed, summed over
-  the worker threads: the base fingerprint check, decoding (``Ticket.tensor``/``gap_coded``),
-  merging (``merge_tensor_values``/``_gapped_sum``, which include the compiled kernels' own
-  writes of the output), and the writes of whole arrays (``ShardedWriter.write_at``: untouched
-  tensors, numpy paths).
+  the worker threads: the base fingerprint checks, decoding (``Ticket.tensor``/``gap_coded``),
+  merging (``merge_tensor_values``/``_gapped_sum``/``_gapped_trims`` + ``_consensus_native``,
+  which include the compiled kernels' own writes of the output), and the writes of whole arrays
+  (``ShardedWriter.write_at``: untouched tensors, numpy paths).
 
 Usage: ``./dev bench profile_merge [--model llama1b] [--method sum|ties]``
 """
@@ -58,9 +57,10 @@ def stage_cpu(model: str, method: str) -> dict[str, float]:
     for n in names:  # decode only
         for t in tks:
             if n in t:
-                t.gap_coded(n) if method == "sum" else t.tensor(n, threads=1)
+                t.gap_coded(n)
     decode = time.process_time() - c0
-    kernel = 0.0
+    kernel = trims = 0.0
+    buffers = engine._Buffers(keep=8)
     for n in names:  # the kernel alone (decoding again, not counted)
         dtype = src.info(n)[0]
         flat = src.array(n).reshape(-1)
@@ -69,14 +69,18 @@ def stage_cpu(model: str, method: str) -> dict[str, float]:
             k0 = time.process_time()
             engine._gapped_sum(native.kernels("codec"), n, flat, dtype, coded, sink)
         else:
-            parts = [t.tensor(n, threads=1) if n in t else None for t in tks]
+            lib, coded, used = native.kernels("codec"), engine._trim_gap_parts(n, dtype, tks, params), []
             k0 = time.process_time()
-            engine.merge_tensor_values(n, flat, dtype, dtype, parts, params, None, sink=sink)
+            prep = engine._gapped_trims(lib, n, flat, dtype, coded, len(tks), params, buffers, used)
+            trims += time.process_time() - k0
+            engine._consensus_native(lib, n, flat, dtype, prep, params, buffers, sink)
+            for b in used:
+                buffers.give(b)
         kernel += time.process_time() - k0
         src.release(n)
     os.close(fd)
     src.close()
-    return {"decode": decode, "kernel": kernel, "entries": sum(t.nnz for t in tks)}
+    return {"decode": decode, "kernel": kernel, "trims": trims, "entries": sum(t.nnz for t in tks)}
 
 
 def timeline(model: str, method: str) -> dict[str, float]:
@@ -99,13 +103,15 @@ def timeline(model: str, method: str) -> dict[str, float]:
         return wrapper
 
     saved = (eng._BaseChecks.check, tk.Ticket.tensor, tk.Ticket.gap_coded, eng.merge_tensor_values,
-             eng._gapped_sum, hw.ShardedWriter.write_at)
+             eng._gapped_sum, hw.ShardedWriter.write_at, eng._gapped_trims, eng._consensus_native)
     eng._BaseChecks.check = timed("check", saved[0])
     tk.Ticket.tensor = timed("decode", saved[1])
     tk.Ticket.gap_coded = timed("decode", saved[2])
     eng.merge_tensor_values = timed("compute", saved[3])
     eng._gapped_sum = timed("compute", saved[4])
     hw.ShardedWriter.write_at = timed("write", saved[5])
+    eng._gapped_trims = timed("compute", saved[6])
+    eng._consensus_native = timed("compute", saved[7])
     out = Path(tempfile.mkdtemp(prefix="profile-merge-", dir=Path(__file__).parent / "out")) / "merged"
     try:
         t0, c0 = time.perf_counter(), time.process_time()
@@ -114,7 +120,7 @@ def timeline(model: str, method: str) -> dict[str, float]:
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     finally:
         (eng._BaseChecks.check, tk.Ticket.tensor, tk.Ticket.gap_coded, eng.merge_tensor_values, eng._gapped_sum,
-         hw.ShardedWriter.write_at) = saved
+         hw.ShardedWriter.write_at, eng._gapped_trims, eng._consensus_native) = saved
         shutil.rmtree(out.parent, ignore_errors=True)
     return {"wall": wall, "cpu": cpu, **busy}
 
@@ -129,7 +135,8 @@ def main() -> None:
     tl = timeline(args.model, args.method)
     print(f"{args.model} {args.method}, two 10 % tickets ({st['entries']:,} stored entries)")
     print(f"decode, one thread: {st['decode']:.2f} s CPU ({st['decode'] / st['entries'] * 1e9:.1f} ns per entry)")
-    print(f"merge kernel from decoded tickets, one thread, output to /dev/null: {st['kernel']:.2f} s CPU")
+    trims = f" (trims {st['trims']:.2f} s, consensus {st['kernel'] - st['trims']:.2f} s)" if args.method == "ties" else ""
+    print(f"merge kernel from decoded tickets, one thread, output to /dev/null: {st['kernel']:.2f} s CPU{trims}")
     print(f"lotavec.merge (no fsync, all cores): wall {tl['wall']:.2f} s, CPU {tl['cpu']:.2f} s; "
           f"summed over the workers: base fingerprints {tl['check']:.2f} s, decode {tl['decode']:.2f} s, "
           f"merge + its own writes {tl['compute']:.2f} s, array writes (write_at) {tl['write']:.2f} s")
