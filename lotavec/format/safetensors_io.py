@@ -12,6 +12,7 @@ import json
 import mmap
 import os
 import struct
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -169,6 +170,9 @@ class SafetensorsFile:
             self.tensors, self.metadata, self.data_start = parse_header(head, size, self.path)
             self.size = size
             self._mmap = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if size > 0 else None
+        self._released: list[tuple[int, int]] = []  # byte ranges given up, not yet handed to the kernel
+        self._released_bytes = 0
+        self._release_lock = threading.Lock()
 
     def keys(self) -> list[str]:
         """Tensor names in file order."""
@@ -195,17 +199,47 @@ class SafetensorsFile:
             return np.zeros(info.shape, dtype=dt)
         return np.frombuffer(self._mmap, dtype=dt, count=info.numel, offset=self.data_start + info.start).reshape(info.shape)
 
+    #: Pages given up with :meth:`advise_done` are handed to the kernel once this many bytes are
+    #: pending, adjacent ranges joined: each ``madvise`` call interrupts every CPU the process
+    #: runs on (to flush its address translations), so a batch costs one such round instead of
+    #: one per tensor.
+    RELEASE_BATCH = 32 << 20
+
     def advise_done(self, name: str) -> None:
-        """Tell the kernel the pages of ``name`` are no longer needed (keeps RSS flat when streaming)."""
+        """Tell the kernel the pages of ``name`` are no longer needed (keeps RSS flat when streaming).
+
+        Thread-safe; pages are dropped in batches of about :attr:`RELEASE_BATCH` bytes.
+        """
         if self._mmap is None:
             return
         info = self.info(name)
         page = mmap.PAGESIZE
         a = (self.data_start + info.start) // page * page
         b = self.data_start + info.end
-        if b > a and hasattr(self._mmap, "madvise"):
+        if b <= a:
+            return
+        with self._release_lock:
+            self._released.append((a, b))
+            self._released_bytes += b - a
+            if self._released_bytes < self.RELEASE_BATCH:
+                return
+            ranges, self._released, self._released_bytes = self._released, [], 0
+        self._drop(ranges)
+
+    def _drop(self, ranges: list[tuple[int, int]]) -> None:
+        page = mmap.PAGESIZE
+        joined: list[list[int]] = []
+        for a, b in sorted(ranges):
+            if joined and a <= joined[-1][1] + page:  # adjacent tensors (a partial page between)
+                joined[-1][1] = max(joined[-1][1], b)
+            else:
+                joined.append([a, b])
+        mm = self._mmap
+        if mm is None or not hasattr(mm, "madvise"):
+            return
+        for a, b in joined:
             try:
-                self._mmap.madvise(mmap.MADV_DONTNEED, a, b - a)
+                mm.madvise(mmap.MADV_DONTNEED, a, b - a)
             except (OSError, ValueError):
                 pass
 
