@@ -130,7 +130,8 @@ _NO_SINK = (-1, 0, None)
 
 def check_base_identity(base: TensorSource, tickets: Sequence[Ticket], *, full: bool = False,
                         force: bool = False) -> list[str]:
-    """Refuse tickets made for another base, before any output is written.
+    """Refuse tickets made for another base (all checks now; a merge runs the same checks, the
+    fingerprints tensor by tensor as it merges, see :class:`_BaseChecks`).
 
     Checks, per ticket tensor: presence, shape and dtype, and the sampled fingerprint (and the
     full digest with ``full``). With ``force`` fingerprint mismatches are returned as warnings
