@@ -212,6 +212,18 @@ def test_wrong_base_refused_before_any_output(kit, other_bases, tmp_path, kind, 
     no_leftovers(tmp_path, "out")
 
 
+@pytest.mark.parametrize("params", [MergeParams(method="ties", density=0.03), MergeParams(method="disjoint"),
+                                    MergeParams(method="ties", density=0.03, scope="global"),
+                                    MergeParams(method="dare_linear", density=0.5, seed=1)],
+                         ids=["ties", "disjoint", "ties-global", "dare"])
+def test_wrong_base_refused_by_every_path(kit, other_bases, tmp_path, params):
+    """Fingerprints are compared up front (disjoint, global trims) or by the worker merging each
+    tensor (the others); either way the merge stops with no output left."""
+    with pytest.raises(FingerprintMismatchError, match="differs from the base this ticket was made from"):
+        merge(other_bases / "weights", [kit["A"], kit["B"]], tmp_path / "out", params=params)
+    no_leftovers(tmp_path, "out")
+
+
 def test_force_merges_a_different_base_with_warnings(kit, other_bases, tmp_path):
     r = merge(other_bases / "weights", [kit["A"]], tmp_path / "out", force=True)
     assert r.warnings and all("differs from the base" in w for w in r.warnings)
