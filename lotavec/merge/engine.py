@@ -71,15 +71,21 @@ class MergeResult:
 
 
 class _Buffers:
-    """Output arrays recycled between tensors of one merge (thread-safe).
+    """Arrays recycled between tensors of one merge (thread-safe): outputs, and the scratch and
+    trimmed arrays of TIES. Fresh memory costs a page fault and a zeroed page per 4 KiB, so
+    reusing a buffer is much cheaper than allocating one.
 
-    ``take`` returns a buffer of at least the asked size (fresh or recycled); ``give`` returns
-    it once written out. At most ``keep`` idle buffers are held.
+    ``take`` returns a buffer of at least the asked size (the smallest idle one that fits, else
+    a fresh one); ``give`` returns it once its contents are consumed. At most ``keep`` idle
+    buffers and ``max_bytes`` idle bytes are held; beyond that the smallest idle buffers are
+    dropped first (small ones are cheap to make again), then the largest, to stay under the
+    byte bound.
     """
 
-    def __init__(self, keep: int):
+    def __init__(self, keep: int, max_bytes: int = 128 << 20):
         self._free: list[np.ndarray] = []
         self._keep = keep
+        self._max_bytes = max_bytes
         self._lock = threading.Lock()
 
     def take(self, nbytes: int) -> np.ndarray:
@@ -93,9 +99,15 @@ class _Buffers:
         base = buf
         while base.base is not None and isinstance(base.base, np.ndarray):
             base = base.base
+        if base.dtype != np.uint8 or base.ndim != 1 or base.nbytes > self._max_bytes:
+            return
         with self._lock:
-            if len(self._free) < self._keep and base.dtype == np.uint8 and base.ndim == 1:
-                self._free.append(base)
+            self._free.append(base)
+            self._free.sort(key=lambda b: b.nbytes)
+            if len(self._free) > self._keep:
+                del self._free[0]
+            while sum(b.nbytes for b in self._free) > self._max_bytes:
+                self._free.pop()
 
 
 def _new_like(flat: np.ndarray, buffers: _Buffers | None) -> np.ndarray:

@@ -301,3 +301,19 @@ def test_base_folder_untouched(kit, tmp_path):
     merge(kit["base"], [kit["A"], kit["B"]], tmp_path / "out")
     shutil.rmtree(tmp_path / "out")
     assert {p.name: p.read_bytes() for p in kit["base"].iterdir()} == before
+
+
+def test_buffer_pool_keeps_the_largest_within_its_bounds():
+    from lotavec.merge.engine import _Buffers
+
+    pool = _Buffers(keep=2, max_bytes=100)
+    bufs = [pool.take(n) for n in (10, 40, 50, 200)]
+    assert [b.nbytes for b in bufs] == [10, 40, 50, 200]  # nothing idle yet: all fresh
+    for b in bufs:
+        pool.give(b[:5])  # a view gives back its whole buffer
+    # 200 bytes is over the byte bound: dropped; of 10, 40, 50 the two largest stay
+    assert sorted(b.nbytes for b in pool._free) == [40, 50]
+    got = pool.take(45)
+    assert got.nbytes == 50 and [b.nbytes for b in pool._free] == [40]
+    pool.give(np.empty(70, np.uint8))  # 40 + 70 > 100: the largest goes
+    assert [b.nbytes for b in pool._free] == [40]
