@@ -718,9 +718,9 @@ int64_t lv_consensus(void *out_, const void *base_, int64_t n, int32_t width, in
 static inline __attribute__((always_inline)) int lv_cput(
         int width, uint32_t expmask, char *ob, int64_t e, uint32_t bb, float mixed, float div, int peft,
         int normalize, float lam, int apply_lam) {
-    float r;
-    if (peft) r = mixed / (div > 1.0f ? div : 1.0f);
-    else if (normalize) r = mixed / (div == 0.0f ? 1.0f : div);
+    float r;  /* x / 1 == x exactly: the common divisor 1 (one agreeing ticket of weight 1) skips the division */
+    if (peft) r = div > 1.0f ? mixed / div : mixed;
+    else if (normalize) r = (div == 0.0f || div == 1.0f) ? mixed : mixed / div;
     else r = mixed;
     if (apply_lam) r = r * lam;
     if (r == 0.0f) return 0;
