@@ -7,7 +7,7 @@ dense weight. For every masked tensor ``W`` it
 * freezes ``W`` (``requires_grad=False``; it is never written while training), and
 * registers a ``torch.nn.utils.parametrize`` parametrization holding one 1-D trainable
   ``nn.Parameter`` ``values`` with the ``nnz`` masked entries. Every access to ``module.weight``
-  returns ``W.flatten().index_put((idx,), values).view_as(W)``: the frozen base with the trainable
+  returns ``W.flatten().index_copy(0, idx, values).view_as(W)``: the frozen base with the trainable
   values scattered in.
 
 The optimizer only ever holds the ``values`` parameters, so off-mask entries are bit-identical to
@@ -65,7 +65,7 @@ class _ScatterValues(nn.Module):
     def forward(self, base: torch.Tensor) -> torch.Tensor:
         values = self.values if self.values.dtype == base.dtype else self.values.to(base.dtype)
         idx = self.indices_on(base.device)
-        return base.reshape(-1).index_put((idx,), values).view_as(base)
+        return base.reshape(-1).index_copy(0, idx, values).view_as(base)
 
 
 @dataclass
