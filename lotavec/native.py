@@ -28,7 +28,7 @@ _U32 = ctypes.c_uint32
 
 #: Calling-convention version per library (its ``lv_abi()``); a build from older sources whose
 #: functions take other arguments is not used.
-ABI: dict[str, int] = {"codec": 7}
+ABI: dict[str, int] = {"codec": 8}
 
 #: Entries per output window of the merge kernels that write their result with ``pwrite``
 #: (``LV_WINDOW`` in lotavec/_csrc/codec.c): their scratch output holds this many entries.
@@ -48,11 +48,11 @@ SIGNATURES: dict[str, dict[str, tuple]] = {
         "lv_topk_abs": (_I64, [_P, _I64, _I64, _P, _P, _P, _P, _P]),
         "lv_delta": (_I64, [_P, _P, _P, _I64, _I32, _I32, _P]),
         "lv_delta_hist_g": (_I64, [_P, _I64, _P, _P, _P, _P, _P, _I32, _I32, _P, _P]),
-        "lv_topk_g": (_I64, [_P, _I64, _I64, _P, _I64, _P, _P, _P, _P, _P, _P]),
+        "lv_topk_g": (_I64, [_P, _I64, _I64, _P, _I64, _P, _P, _P, _P, _P, _P, _I32]),
         "lv_consensus": (_I64, [_P, _P, _I64, _I32, _I32, _P, _P, _P, _P, _I32, _I32, _I32, ctypes.c_float, _I32,
                                 _P, _P, _P, _P, _P, _I32, _I64, _P]),
         "lv_consensus2": (_I64, [_P, _P, _I64, _I32, _P, _P, _I64, _P, _P, _I64, ctypes.c_float, ctypes.c_float,
-                                 _I32, _I32, _I32, ctypes.c_float, _I32, _P, _P, _P, _I32, _I64, _P]),
+                                 _I32, _I32, _I32, ctypes.c_float, _I32, _P, _P, _P, _I32, _I64, _P, _I32]),
         "lv_sum2": (_I64, [_P, _P, _I64, _I32, _I32, _P, _P, _I64, _I32, _P, _P, _I64, _I32, _P, _P, _I32, _I64, _P]),
         "lv_sum2g": (_I64, [_P, _P, _I64, _I32, _I32, _I64, _P, _P, _P, _P, _P, _I32, _I64, _P, _P, _P, _P, _P, _I32,
                             _P, _P, _I32, _I64, _P]),

@@ -571,18 +571,21 @@ int64_t lv_delta_hist_g(const void *base_, int64_t nchunks, const int64_t *start
     return bad;
 }
 
-/* lv_topk_g's emitting pass over one chunk (gap width w a compile-time constant); returns m. */
+/* lv_topk_g's emitting pass over one chunk (gap width w and index width ix32 compile-time
+ * constants); returns m. */
 static inline __attribute__((always_inline)) int64_t lv_emit_chunk(
-        int w, const uint32_t *restrict u, const float *restrict x, int64_t start, const uint8_t *restrict g,
-        int64_t cnt, uint32_t t, int64_t *ties, int64_t m, int64_t k, int64_t *restrict out_idx,
-        float *restrict out_val) {
+        int w, int ix32, const uint32_t *restrict u, const float *restrict x, int64_t start,
+        const uint8_t *restrict g, int64_t cnt, uint32_t t, int64_t *ties, int64_t m, int64_t k,
+        void *restrict out_idx_, float *restrict out_val) {
+    int64_t *o64 = (int64_t *)out_idx_; int32_t *o32 = (int32_t *)out_idx_;
     int64_t i = start - 1;
     for (int64_t j = 0; j < cnt; j++) {
         i += (int64_t)lv_gap_w(g, w, cnt, j) + 1;
         uint32_t key = u[j] & 0x7FFFFFFFu;
         int64_t keep = key > t;
         if (key == t) { keep = *ties > 0; *ties -= keep; }  /* rare: predictable */
-        out_idx[m] = i; out_val[m] = x[j];
+        if (ix32) o32[m] = (int32_t)i; else o64[m] = i;
+        out_val[m] = x[j];
         m += keep;
         if (m == k) break;  /* out_* hold exactly k slots */
     }
@@ -592,10 +595,11 @@ static inline __attribute__((always_inline)) int64_t lv_emit_chunk(
 /* lv_topk_abs after lv_delta_hist_g, with the kept entries' flat indices read from the same
  * gap-coded mask instead of an index array: hist holds the first histogram of x already. The
  * same selection (k largest |x|, ties at the threshold from the lowest positions), written to
- * out_idx / out_val (k slots each); 0 < k < n. Returns the count written (k). */
+ * out_idx (int64, or int32 with idx32: tensors of fewer than 2^31 entries) and out_val (k slots
+ * each); 0 < k < n. Returns the count written (k). */
 int64_t lv_topk_g(const float *x, int64_t n, int64_t k, uint32_t *hist, int64_t nchunks, const int64_t *start,
-                  const int64_t *cnt, const int32_t *wid, const uint8_t *const *gaps, int64_t *out_idx,
-                  float *out_val) {
+                  const int64_t *cnt, const int32_t *wid, const uint8_t *const *gaps, void *out_idx,
+                  float *out_val, int32_t idx32) {
     const uint32_t *u = (const uint32_t *)x;
     int64_t above = 0; int32_t b = 65535;
     for (; b > 0; b--) { if (above + hist[b] >= k) break; above += hist[b]; }
@@ -612,9 +616,10 @@ int64_t lv_topk_g(const float *x, int64_t n, int64_t k, uint32_t *hist, int64_t 
     for (int64_t c = 0; c < nchunks && m < k; a += cnt[c], c++) {
         if (cnt[c] == 0) continue;
         int w = wid[c];
-        if (w == 1) m = lv_emit_chunk(1, u + a, x + a, start[c], gaps[c], cnt[c], t, &ties, m, k, out_idx, out_val);
-        else if (w == 2) m = lv_emit_chunk(2, u + a, x + a, start[c], gaps[c], cnt[c], t, &ties, m, k, out_idx, out_val);
-        else m = lv_emit_chunk(4, u + a, x + a, start[c], gaps[c], cnt[c], t, &ties, m, k, out_idx, out_val);
+#define LV_EM(W, I) m = lv_emit_chunk(W, I, u + a, x + a, start[c], gaps[c], cnt[c], t, &ties, m, k, out_idx, out_val)
+        if (idx32) { if (w == 1) LV_EM(1, 1); else if (w == 2) LV_EM(2, 1); else LV_EM(4, 1); }
+        else { if (w == 1) LV_EM(1, 0); else if (w == 2) LV_EM(2, 0); else LV_EM(4, 0); }
+#undef LV_EM
     }
     return m;
 }
@@ -759,23 +764,27 @@ static inline __attribute__((always_inline)) void lv_cmix(float votes, float v, 
  * ticket 0 finishes the rest. stash: LV_CBLOCK floats; seen: LV_CBLOCK bytes, zero on entry and
  * on a successful return. An overflow is reported at one of the overflowing entries (err[2]). */
 static inline __attribute__((always_inline)) int64_t lv_consensus2_w(
-        int width, void *out_, const void *base_, int64_t n,
-        const int64_t *restrict i0, const float *restrict x0, int64_t n0,
-        const int64_t *restrict i1, const float *restrict x1, int64_t n1, float w0, float w1,
+        int width, int ix32, void *out_, const void *base_, int64_t n,
+        const void *restrict i0_, const float *restrict x0, int64_t n0,
+        const void *restrict i1_, const float *restrict x1, int64_t n1, float w0, float w1,
         int32_t peft, int32_t total, int32_t normalize, float lam, int32_t apply_lam,
         int64_t *err, float *restrict stash, uint8_t *restrict seen, int32_t fd, int64_t foff, void *lock) {
     const uint32_t expmask = width == 2 ? 0x7F80u : 0x7F800000u;
     const uint16_t *b16 = (const uint16_t *)base_;
     const uint32_t *b32 = (const uint32_t *)base_;
+    const int64_t *i0l = (const int64_t *)i0_, *i1l = (const int64_t *)i1_;
+    const int32_t *i0s = (const int32_t *)i0_, *i1s = (const int32_t *)i1_;
+#define LV_I0(j) (ix32 ? (int64_t)i0s[j] : i0l[j])
+#define LV_I1(j) (ix32 ? (int64_t)i1s[j] : i1l[j])
     int64_t changed = 0, w0i = 0, a = 0, c = 0;
     for (int64_t b0 = 0; b0 < n; b0 += LV_CBLOCK) {
         int64_t b1 = b0 + LV_CBLOCK < n ? b0 + LV_CBLOCK : n;
         char *ob = (char *)out_ + (fd >= 0 ? b0 - w0i : b0) * width;
         memcpy(ob, (const char *)base_ + b0 * width, (size_t)(b1 - b0) * width);
         int64_t a0 = a;
-        for (; a < n0 && i0[a] < b1; a++) { int64_t e = i0[a] - b0; stash[e] = x0[a]; seen[e] = 1; }
-        for (; c < n1 && i1[c] < b1; c++) {
-            int64_t i = i1[c], e = i - b0;
+        for (; a < n0 && LV_I0(a) < b1; a++) { int64_t e = LV_I0(a) - b0; stash[e] = x0[a]; seen[e] = 1; }
+        for (; c < n1 && LV_I1(c) < b1; c++) {
+            int64_t i = LV_I1(c), e = i - b0;
             float y1 = x1[c], v1 = peft ? y1 : y1 * w1, votes = 0.0f, mixed = 0.0f, div = 0.0f;
             if (seen[e]) {
                 float y0 = stash[e], v0 = peft ? y0 : y0 * w0;
@@ -793,7 +802,7 @@ static inline __attribute__((always_inline)) int64_t lv_consensus2_w(
             changed += r;
         }
         for (int64_t j = a0; j < a; j++) {  /* ticket 0's entries ticket 1 lacks */
-            int64_t i = i0[j], e = i - b0;
+            int64_t i = LV_I0(j), e = i - b0;
             if (!seen[e]) continue;
             seen[e] = 0;
             float y0 = x0[j], v0 = peft ? y0 : y0 * w0, votes = 0.0f, mixed = 0.0f, div = 0.0f;
@@ -814,21 +823,26 @@ static inline __attribute__((always_inline)) int64_t lv_consensus2_w(
         return changed;
     }
     return changed;
+#undef LV_I0
+#undef LV_I1
 }
 
 int64_t lv_consensus2(void *out_, const void *base_, int64_t n, int32_t width,
-                      const int64_t *i0, const float *x0, int64_t n0, const int64_t *i1, const float *x1, int64_t n1,
+                      const void *i0, const float *x0, int64_t n0, const void *i1, const float *x1, int64_t n1,
                       float w0, float w1, int32_t peft, int32_t total, int32_t normalize, float lam, int32_t apply_lam,
-                      int64_t *err, float *stash, uint8_t *seen, int32_t fd, int64_t foff, void *lock) {
+                      int64_t *err, float *stash, uint8_t *seen, int32_t fd, int64_t foff, void *lock, int32_t idx32) {
     err[0] = 0;
-    /* The rule's flags as compile-time constants: each combination gets its own loop (the
-     * loops keep fewer values in registers and test no flag per entry). */
-    int rule = (width == 2) << 4 | (peft != 0) << 3 | (total != 0) << 2 | (normalize != 0) << 1 | (apply_lam != 0);
-#define LV_C2(R) case R: return lv_consensus2_w((R) & 16 ? 2 : 4, out_, base_, n, i0, x0, n0, i1, x1, n1, w0, w1, \
-        ((R) >> 3) & 1, ((R) >> 2) & 1, ((R) >> 1) & 1, lam, (R) & 1, err, stash, seen, fd, foff, lock);
+    /* The rule's flags, the value width and the index width (idx32: int32 indices, else int64)
+     * as compile-time constants: each combination gets its own loop (the loops keep fewer values
+     * in registers and test no flag per entry). */
+    int rule = (idx32 != 0) << 5 | (width == 2) << 4 | (peft != 0) << 3 | (total != 0) << 2 | (normalize != 0) << 1 |
+               (apply_lam != 0);
+#define LV_C2(R) case R: return lv_consensus2_w((R) & 16 ? 2 : 4, ((R) >> 5) & 1, out_, base_, n, i0, x0, n0, i1, x1, \
+        n1, w0, w1, ((R) >> 3) & 1, ((R) >> 2) & 1, ((R) >> 1) & 1, lam, (R) & 1, err, stash, seen, fd, foff, lock);
 #define LV_C2x4(R) LV_C2(R) LV_C2(R + 1) LV_C2(R + 2) LV_C2(R + 3)
     switch (rule) {
         LV_C2x4(0) LV_C2x4(4) LV_C2x4(8) LV_C2x4(12) LV_C2x4(16) LV_C2x4(20) LV_C2x4(24) LV_C2x4(28)
+        LV_C2x4(32) LV_C2x4(36) LV_C2x4(40) LV_C2x4(44) LV_C2x4(48) LV_C2x4(52) LV_C2x4(56) LV_C2x4(60)
     }
 #undef LV_C2x4
 #undef LV_C2
@@ -927,7 +941,7 @@ uint32_t lv_crc32(const uint8_t *data, int64_t n, uint32_t crc, int32_t use_clmu
 }
 
 /* Version of these kernels' calling conventions (lotavec/native.py refuses other builds). */
-int32_t lv_abi(void) { return 7; }
+int32_t lv_abi(void) { return 8; }
 
 /* A valid (empty) extension module, so that setuptools builds and installs this file like any
  * other; lotavec uses it only through ctypes. */

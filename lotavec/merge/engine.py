@@ -320,11 +320,13 @@ def _consensus_native(lib, name: str, flat: np.ndarray, dtype: str, prep: list[t
                       sink: Sink | None = None) -> tuple[np.ndarray | None, int]:
     """Sign election, disjoint mean, λ and the sum onto the base with the compiled ``lv_consensus``
     (the same float32 arithmetic, in the same order, as :func:`merge_tensor` + :func:`_put_sum`);
-    with a ``sink`` the kernel writes the result itself and no array is returned."""
+    with a ``sink`` the kernel writes the result itself and no array is returned. Indices are
+    int64, or int32 for the two-ticket kernel when every ticket's are (:func:`_gapped_trims`)."""
     bits = BITS[dtype]
     out = sink.window if sink is not None else _new_like(flat, buffers)
     t = len(prep)
-    idx = [np.ascontiguousarray(i, dtype=np.int64) for i, _ in prep]
+    idx32 = t == 2 and all(i.dtype == np.int32 for i, _ in prep)
+    idx = [np.ascontiguousarray(i, dtype=np.int32 if idx32 else np.int64) for i, _ in prep]
     val = [np.ascontiguousarray(v, dtype=np.float32) for _, v in prep]
     arr = ctypes.c_void_p * t
     idx_p, val_p = arr(*map(native.ptr, idx)), arr(*map(native.ptr, val))
@@ -341,7 +343,7 @@ def _consensus_native(lib, name: str, flat: np.ndarray, dtype: str, prep: list[t
             native.ptr(out.view(bits)), native.ptr(flat.view(bits)), flat.size, np.dtype(bits).itemsize,
             native.ptr(idx[0]), native.ptr(val[0]), idx[0].size, native.ptr(idx[1]), native.ptr(val[1]), idx[1].size,
             float(w[0]), float(w[1]), *rule, native.ptr(err), native.ptr(stash), native.ptr(seen),
-            *(sink.args() if sink is not None else _NO_SINK))
+            *(sink.args() if sink is not None else _NO_SINK), int(idx32))
         _raise_kernel_error(name, dtype, err, [0, 1])
         return (None if sink is not None else out), int(changed)
     votes, mixed, div = (np.empty(_SUM_BLOCK, np.float32) for _ in range(3))
@@ -580,8 +582,10 @@ def _gapped_trims(lib, name: str, flat: np.ndarray, dtype: str, parts: list[tupl
     computes the deltas and the first magnitude histogram in one pass, and ``lv_topk_g`` selects
     reading the kept entries' indices from the mask, so no index array of all entries is made.
     Scratch and result arrays come from ``buffers`` and are listed in ``used`` (give them back once
-    the result is consumed)."""
+    the result is consumed). The kept indices are int32 when the tensor has fewer than 2³¹
+    entries (less memory traffic in the selection and the consensus), else int64."""
     bits = BITS[dtype]
+    idx_t = np.int32 if flat.size < 1 << 31 else np.int64
 
     def take(count: int, dt) -> np.ndarray:
         buf = buffers.take(count * np.dtype(dt).itemsize)
@@ -589,7 +593,7 @@ def _gapped_trims(lib, name: str, flat: np.ndarray, dtype: str, parts: list[tupl
         return buf[: count * np.dtype(dt).itemsize].view(dt)
 
     width = np.dtype(bits).itemsize
-    prep: list[tuple[np.ndarray, np.ndarray]] = [(np.empty(0, np.int64), np.empty(0, np.float32))] * n_tickets
+    prep: list[tuple[np.ndarray, np.ndarray]] = [(np.empty(0, idx_t), np.empty(0, np.float32))] * n_tickets
     hist = np.empty(1 << 16, np.uint32)
     for i, t, g in parts:
         planes = [np.frombuffer(p, np.uint8) for p in g.planes]
@@ -610,10 +614,11 @@ def _gapped_trims(lib, name: str, flat: np.ndarray, dtype: str, parts: list[tupl
             for plane, start, cnt, w in zip(planes, g.starts.tolist(), g.counts.tolist(), g.widths.tolist()):
                 lib.lv_gaps_decode(native.ptr(plane), w, cnt, start, native.ptr(idx[off:]))
                 off += cnt
-            prep[i] = (idx, d)
+            prep[i] = (idx.astype(idx_t, copy=False), d)
         elif k > 0:
-            out_idx, out_val = take(k, np.int64), take(k, np.float32)
-            m = lib.lv_topk_g(native.ptr(d), n, k, native.ptr(hist), *chunks, native.ptr(out_idx), native.ptr(out_val))
+            out_idx, out_val = take(k, idx_t), take(k, np.float32)
+            m = lib.lv_topk_g(native.ptr(d), n, k, native.ptr(hist), *chunks, native.ptr(out_idx), native.ptr(out_val),
+                              int(idx_t == np.int32))
             prep[i] = (out_idx[:m], out_val[:m])
     return prep
 

@@ -590,11 +590,14 @@ def test_delta_hist_and_topk_from_gaps_equal_delta_and_topk_abs(width):
             h2 = np.empty(1 << 16, np.uint32)
             assert lib.lv_topk_abs(native.ptr(ref), idx.size, k, native.ptr(want_pos), native.ptr(h2), native.ptr(idx),
                                    native.ptr(want_idx), native.ptr(want_val)) == k
-            lib.lv_delta_hist_g(native.ptr(base), *chunks, native.ptr(pay), width, mode, native.ptr(d), native.ptr(hist))
-            got_idx, got_val = np.empty(k, np.int64), np.empty(k, np.float32)
-            assert lib.lv_topk_g(native.ptr(d), idx.size, k, native.ptr(hist), *chunks, native.ptr(got_idx),
-                                 native.ptr(got_val)) == k
-            assert np.array_equal(got_idx, want_idx) and np.array_equal(got_val.view(np.uint32), want_val.view(np.uint32))
+            for idx_t in (np.int64, np.int32):
+                lib.lv_delta_hist_g(native.ptr(base), *chunks, native.ptr(pay), width, mode, native.ptr(d),
+                                    native.ptr(hist))
+                got_idx, got_val = np.empty(k, idx_t), np.empty(k, np.float32)
+                assert lib.lv_topk_g(native.ptr(d), idx.size, k, native.ptr(hist), *chunks, native.ptr(got_idx),
+                                     native.ptr(got_val), int(idx_t == np.int32)) == k
+                assert np.array_equal(got_idx, want_idx)
+                assert np.array_equal(got_val.view(np.uint32), want_val.view(np.uint32))
     bad = pay.copy()
     inf = 0x7F80 if width == 2 else 0x7F800000
     bad[12_345] = inf  # raw mode: this entry's fine-tuned value is +Inf
