@@ -523,9 +523,12 @@ def test_gap_planes_check_the_range_like_decode_mask():
     assert codecs.gap_planes("bitmap", b"", 0, 4, "t") is None
 
 
-@pytest.mark.parametrize("density,semantics,bitmap", [(0.05, "mergekit", False), (0.05, "peft", False),
-                                                       (0.5, "mergekit", False), (0.05, "mergekit", True)])
-def test_ties_reading_gap_coded_masks_matches_the_numpy_merge(monkeypatch, tmp_path, density, semantics, bitmap):
+@pytest.mark.parametrize("density,semantics,bitmap,extra", [
+    (0.05, "mergekit", False, {}), (0.05, "peft", False, {}), (0.5, "mergekit", False, {}),
+    (0.05, "mergekit", True, {}), (0.05, "mergekit", False, {"lambda_": 0.7, "majority_sign_method": "frequency"}),
+    (0.05, "mergekit", False, {"normalize": False})])
+def test_ties_reading_gap_coded_masks_matches_the_numpy_merge(monkeypatch, tmp_path, density, semantics, bitmap,
+                                                              extra):
     """TIES from gap-coded masks (lv_delta_hist_g + lv_topk_g, then the consensus kernel): the same
     bytes as the numpy merge, for a trim (k < stored entries) and for density 0.5 (k ≥ stored
     entries: every entry kept); with a bitmap chunk the decoded-index path is taken."""
@@ -542,7 +545,7 @@ def test_ties_reading_gap_coded_masks_matches_the_numpy_merge(monkeypatch, tmp_p
         return r
 
     monkeypatch.setattr(eng, "_trim_gap_parts", spy)
-    params = MergeParams(method="ties", density=density, semantics=semantics, weights=(1.0, 0.7))
+    params = MergeParams(method="ties", density=density, semantics=semantics, weights=(1.0, 0.7), **extra)
     fast = merge(folder, paths, tmp_path / "fast", params=params, fsync=False)
     assert used and all(u != bitmap for u in used)
     monkeypatch.setenv(native.ENV, "0")
