@@ -28,7 +28,7 @@ _U32 = ctypes.c_uint32
 
 #: Calling-convention version per library (its ``lv_abi()``); a build from older sources whose
 #: functions take other arguments is not used.
-ABI: dict[str, int] = {"codec": 8}
+ABI: dict[str, int] = {"codec": 9}
 
 #: Entries per output window of the merge kernels that write their result with ``pwrite``
 #: (``LV_WINDOW`` in lotavec/_csrc/codec.c): their scratch output holds this many entries.
@@ -47,6 +47,7 @@ SIGNATURES: dict[str, dict[str, tuple]] = {
         "lv_apply": (_I64, [_P, _P, _P, _I64, _I32, _I32]),
         "lv_topk_abs": (_I64, [_P, _I64, _I64, _P, _P, _P, _P, _P]),
         "lv_delta": (_I64, [_P, _P, _P, _I64, _I32, _I32, _P]),
+        "lv_gather": (None, [_P, _I32, _P, _I64, _P]),
         "lv_delta_hist_g": (_I64, [_P, _I64, _P, _P, _P, _P, _P, _I32, _I32, _P, _P]),
         "lv_topk_g": (_I64, [_P, _I64, _I64, _P, _I64, _P, _P, _P, _P, _P, _P, _I32]),
         "lv_consensus": (_I64, [_P, _P, _I64, _I32, _I32, _P, _P, _P, _P, _I32, _I32, _I32, ctypes.c_float, _I32,

@@ -491,6 +491,16 @@ int64_t lv_sum(void *out_, const void *base_, int64_t n, int32_t width, int32_t 
     return changed;
 }
 
+/* out[j] = src[pos[j]] for j < n, elements of `width` bytes (1, 2, 4 or 8): the gather of the
+ * sampled base fingerprint (spec §8), run without holding Python's GIL, since its page faults on
+ * a freshly mapped base are most of its cost. */
+void lv_gather(const void *src, int32_t width, const int64_t *pos, int64_t n, void *out) {
+    if (width == 1) { for (int64_t j = 0; j < n; j++) ((uint8_t *)out)[j] = ((const uint8_t *)src)[pos[j]]; }
+    else if (width == 2) { for (int64_t j = 0; j < n; j++) ((uint16_t *)out)[j] = ((const uint16_t *)src)[pos[j]]; }
+    else if (width == 4) { for (int64_t j = 0; j < n; j++) ((uint32_t *)out)[j] = ((const uint32_t *)src)[pos[j]]; }
+    else { for (int64_t j = 0; j < n; j++) ((uint64_t *)out)[j] = ((const uint64_t *)src)[pos[j]]; }
+}
+
 /* Float32 deltas of one lossless ticket: out[j] = f32(fine-tuned_j) - f32(base[idx[j]]), where
  * fine-tuned_j = base + payload (mode 0, ulpdiff) or payload (mode 1, raw); width 2 = BF16 bits,
  * 4 = F32 bits (F16 is left to numpy). Returns -1, or the first j whose fine-tuned value is Inf/NaN. */
@@ -941,7 +951,7 @@ uint32_t lv_crc32(const uint8_t *data, int64_t n, uint32_t crc, int32_t use_clmu
 }
 
 /* Version of these kernels' calling conventions (lotavec/native.py refuses other builds). */
-int32_t lv_abi(void) { return 8; }
+int32_t lv_abi(void) { return 9; }
 
 /* A valid (empty) extension module, so that setuptools builds and installs this file like any
  * other; lotavec uses it only through ctypes. */

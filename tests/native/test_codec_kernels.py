@@ -607,3 +607,13 @@ def test_delta_hist_and_topk_from_gaps_equal_delta_and_topk_abs(width):
     d, hist = np.empty(idx.size, np.float32), np.empty(1 << 16, np.uint32)
     assert lib.lv_delta_hist_g(native.ptr(base), *chunks, native.ptr(bad), width, 1, native.ptr(d),
                                native.ptr(hist)) == idx[12_345]
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32, np.float64])
+@pytest.mark.parametrize("numel", [0, 1, 4095, 4096, 4097, 100_003])
+def test_sampled_fingerprint_gather_matches_numpy(monkeypatch, dtype, numel):
+    from lotavec.format.fingerprint import base_sample
+
+    a = np.random.default_rng(numel).integers(0, 250, numel).astype(dtype)
+    fast, slow = both(monkeypatch, lambda: base_sample(a))
+    assert fast == slow
