@@ -154,11 +154,11 @@ int64_t lv_first_unsorted(const int64_t *idx, int64_t n) {
  * bin, then one branch-free emitting pass. Writes the kept positions to out_pos; when idx_in is
  * given, also idx_in[j] and x[j] of each kept j to out_idx / out_val (the trimmed ticket, without
  * a separate gather). hist: 65536 uint32 of scratch. Returns the count written (k). */
-int64_t lv_topk_abs(const float *x, int64_t n, int64_t k, int64_t *out_pos, uint32_t *hist,
-                    const int64_t *idx_in, int64_t *out_idx, float *out_val) {
-    const uint32_t *u = (const uint32_t *)x;
-    memset(hist, 0, 65536 * sizeof(uint32_t));
-    for (int64_t j = 0; j < n; j++) hist[(u[j] & 0x7FFFFFFFu) >> 16]++;
+/* The threshold of the k largest |x| (0 < k < n), given hist = the histogram of the high 16 bits
+ * of |x|: finds the boundary bin, histograms the low 16 bits within it (reusing hist), and
+ * returns the threshold key t; *ties = how many entries equal to t are kept (the lowest
+ * positions). Entries with |x| bits > t are kept. */
+static uint32_t lv_topk_threshold(const uint32_t *u, int64_t n, int64_t k, uint32_t *hist, int64_t *ties) {
     int64_t above = 0; int32_t b = 65535;
     for (; b > 0; b--) { if (above + hist[b] >= k) break; above += hist[b]; }
     int64_t need = k - above;  /* entries needed from bin b */
@@ -169,8 +169,17 @@ int64_t lv_topk_abs(const float *x, int64_t n, int64_t k, int64_t *out_pos, uint
     }
     int64_t above2 = 0; int32_t lo = 65535;
     for (; lo > 0; lo--) { if (above2 + hist[lo] >= need) break; above2 += hist[lo]; }
-    uint32_t t = ((uint32_t)b << 16) | (uint32_t)lo;
-    int64_t ties = need - above2, m = 0;
+    *ties = need - above2;
+    return ((uint32_t)b << 16) | (uint32_t)lo;
+}
+
+int64_t lv_topk_abs(const float *x, int64_t n, int64_t k, int64_t *out_pos, uint32_t *hist,
+                    const int64_t *idx_in, int64_t *out_idx, float *out_val) {
+    const uint32_t *u = (const uint32_t *)x;
+    memset(hist, 0, 65536 * sizeof(uint32_t));
+    for (int64_t j = 0; j < n; j++) hist[(u[j] & 0x7FFFFFFFu) >> 16]++;
+    int64_t ties, m = 0;
+    uint32_t t = lv_topk_threshold(u, n, k, hist, &ties);
     for (int64_t j = 0; j < n; j++) {
         uint32_t key = u[j] & 0x7FFFFFFFu;
         int64_t keep = key > t;
@@ -611,18 +620,8 @@ int64_t lv_topk_g(const float *x, int64_t n, int64_t k, uint32_t *hist, int64_t 
                   const int64_t *cnt, const int32_t *wid, const uint8_t *const *gaps, void *out_idx,
                   float *out_val, int32_t idx32) {
     const uint32_t *u = (const uint32_t *)x;
-    int64_t above = 0; int32_t b = 65535;
-    for (; b > 0; b--) { if (above + hist[b] >= k) break; above += hist[b]; }
-    int64_t need = k - above;
-    memset(hist, 0, 65536 * sizeof(uint32_t));
-    for (int64_t j = 0; j < n; j++) {
-        uint32_t key = u[j] & 0x7FFFFFFFu;
-        if ((key >> 16) == (uint32_t)b) hist[key & 0xFFFFu]++;
-    }
-    int64_t above2 = 0; int32_t lo = 65535;
-    for (; lo > 0; lo--) { if (above2 + hist[lo] >= need) break; above2 += hist[lo]; }
-    uint32_t t = ((uint32_t)b << 16) | (uint32_t)lo;
-    int64_t ties = need - above2, m = 0, a = 0;
+    int64_t ties, m = 0, a = 0;
+    uint32_t t = lv_topk_threshold(u, n, k, hist, &ties);
     for (int64_t c = 0; c < nchunks && m < k; a += cnt[c], c++) {
         if (cnt[c] == 0) continue;
         int w = wid[c];

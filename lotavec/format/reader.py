@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +40,25 @@ class GapCoded:
     widths: np.ndarray
     planes: list[bytes]
     payload: np.ndarray
+
+    def kernel_args(self) -> tuple[tuple, list]:
+        """The mask as the compiled kernels that read gap-coded chunks take it (``lv_cursor`` in
+        lotavec/_csrc/codec.c): ``(nchunks, starts, counts, widths, plane pointers)``, and the
+        objects that must stay alive while a kernel runs."""
+        planes = [np.frombuffer(p, np.uint8) for p in self.planes]
+        ptrs = (ctypes.c_void_p * max(1, len(planes)))(*[native.ptr(p) for p in planes])
+        args = (len(planes), native.ptr(self.starts), native.ptr(self.counts), native.ptr(self.widths), ptrs)
+        return args, [planes, ptrs, self]
+
+    def indices(self) -> np.ndarray:
+        """The mask's flat indices (int64), decoded from the planes (compiled kernels required)."""
+        lib = native.kernels("codec")
+        idx, off = np.empty(int(self.counts.sum()), np.int64), 0
+        for plane, start, cnt, w in zip(self.planes, self.starts.tolist(), self.counts.tolist(), self.widths.tolist()):
+            src = np.frombuffer(plane, np.uint8)
+            lib.lv_gaps_decode(native.ptr(src), w, cnt, start, native.ptr(idx[off:]))
+            off += cnt
+        return idx
 
 
 def payload_dtype(entry: TensorEntry) -> np.dtype:

@@ -513,20 +513,32 @@ def _exact_sum_native(lib, name: str, flat: np.ndarray, dtype: str, parts: list[
     return out, int(changed)
 
 
-def _gap_parts(name: str, dtype: str, tks: list[Ticket], params: MergeParams
-               ) -> list[tuple[int, Ticket, GapCoded]] | None:
-    """The tickets touching ``name``, each decoded with its mask left gap-coded, when their exact
-    ``sum`` can take :func:`_gapped_sum` (one or two lossless tickets; two: BF16/F32), else
-    ``None``."""
+def _live_gap_coded(name: str, tks: list[Ticket]) -> list[tuple[int, Ticket, GapCoded]] | None:
+    """The tickets touching ``name`` (with their positions), each decoded with its mask left
+    gap-coded, when all are lossless (``ulpdiff``/``raw``) and gap-coded; else ``None``."""
     live = [(i, t) for i, t in enumerate(tks) if name in t]
-    if not 1 <= len(live) <= 2 or (len(live) == 2 and dtype not in ("BF16", "F32")):
-        return None
-    if not _exact_sum(params, len(tks)) or any(t.info(name)["values"] not in ("ulpdiff", "raw") for _, t in live):
+    if not live or any(t.info(name)["values"] not in ("ulpdiff", "raw") for _, t in live):
         return None
     coded = [t.gap_coded(name) for _, t in live]
     if any(g is None for g in coded):
         return None
     return [(i, t, g) for (i, t), g in zip(live, coded)]
+
+
+def _gap_parts(name: str, dtype: str, tks: list[Ticket], params: MergeParams
+               ) -> list[tuple[int, Ticket, GapCoded]] | None:
+    """:func:`_live_gap_coded` when the exact ``sum`` can take :func:`_gapped_sum` (one or two
+    lossless tickets; two: BF16/F32), else ``None``."""
+    live = sum(name in t for t in tks)
+    if not 1 <= live <= 2 or (live == 2 and dtype not in ("BF16", "F32")) or not _exact_sum(params, len(tks)):
+        return None
+    return _live_gap_coded(name, tks)
+
+
+def _raw_flag(t: Ticket, name: str) -> int:
+    """The kernels' payload mode: 1 when the ticket stores the fine-tuned bits (``raw``), 0 for
+    bit-pattern differences (``ulpdiff``)."""
+    return 1 if t.info(name)["values"] == "raw" else 0
 
 
 def _gapped_sum(lib, name: str, flat: np.ndarray, dtype: str, parts: list[tuple[int, Ticket, GapCoded]],
@@ -539,12 +551,10 @@ def _gapped_sum(lib, name: str, flat: np.ndarray, dtype: str, parts: list[tuple[
     args: list = []
     keep: list = []  # every buffer handed to the kernel stays alive until it returns
     for _, t, g in parts:
-        planes = [np.frombuffer(p, np.uint8) for p in g.planes]
-        ptrs = (ctypes.c_void_p * max(1, len(planes)))(*[native.ptr(p) for p in planes])
+        chunks, alive = g.kernel_args()
         pl = np.ascontiguousarray(g.payload).view(bits)
-        keep += [planes, ptrs, pl, g]
-        args += [len(planes), native.ptr(g.starts), native.ptr(g.counts), native.ptr(g.widths), ptrs, native.ptr(pl),
-                 1 if t.info(name)["values"] == "raw" else 0]
+        keep += [alive, pl]
+        args += [*chunks, native.ptr(pl), _raw_flag(t, name)]
     if len(parts) == 1:  # the second ticket: no chunks (its pointers are never read)
         args += [0, *args[1:]]
     err = np.zeros(3, np.int64)
@@ -557,21 +567,14 @@ def _gapped_sum(lib, name: str, flat: np.ndarray, dtype: str, parts: list[tuple[
 
 def _trim_gap_parts(name: str, dtype: str, tks: list[Ticket], params: MergeParams
                     ) -> list[tuple[int, Ticket, GapCoded]] | None:
-    """The tickets touching ``name``, each decoded with its mask left gap-coded, when TIES
-    (per-tensor magnitude trim, then the compiled consensus) can take :func:`_gapped_trims`:
-    lossless BF16/F32 tickets; else ``None``."""
+    """:func:`_live_gap_coded` when TIES (per-tensor magnitude trim, then the compiled consensus)
+    can take :func:`_gapped_trims` (BF16/F32), else ``None``."""
     spec = get_method(params.method)
     if not (spec.consensus and spec.sparsify == "magnitude" and params.scope == "tensor") or len(tks) > 64:
         return None
-    live = [(i, t) for i, t in enumerate(tks) if name in t]
-    if not live or dtype not in ("BF16", "F32"):
+    if dtype not in ("BF16", "F32"):
         return None
-    if any(t.info(name)["values"] not in ("ulpdiff", "raw") for _, t in live):
-        return None
-    coded = [t.gap_coded(name) for _, t in live]
-    if any(g is None for g in coded):
-        return None
-    return [(i, t, g) for (i, t), g in zip(live, coded)]
+    return _live_gap_coded(name, tks)
 
 
 def _gapped_trims(lib, name: str, flat: np.ndarray, dtype: str, parts: list[tuple[int, Ticket, GapCoded]],
@@ -592,29 +595,22 @@ def _gapped_trims(lib, name: str, flat: np.ndarray, dtype: str, parts: list[tupl
         used.append(buf)
         return buf[: count * np.dtype(dt).itemsize].view(dt)
 
-    width = np.dtype(bits).itemsize
     prep: list[tuple[np.ndarray, np.ndarray]] = [(np.empty(0, idx_t), np.empty(0, np.float32))] * n_tickets
     hist = np.empty(1 << 16, np.uint32)
     for i, t, g in parts:
-        planes = [np.frombuffer(p, np.uint8) for p in g.planes]
-        ptrs = (ctypes.c_void_p * max(1, len(planes)))(*[native.ptr(p) for p in planes])
-        chunks = (len(planes), native.ptr(g.starts), native.ptr(g.counts), native.ptr(g.widths), ptrs)
+        chunks, _alive = g.kernel_args()  # held until this ticket's kernels have returned
         pl = np.ascontiguousarray(g.payload).view(bits)
         n = pl.size
         d = take(n, np.float32)
-        bad = lib.lv_delta_hist_g(native.ptr(flat.view(bits)), *chunks, native.ptr(pl), width,
-                                  1 if t.info(name)["values"] == "raw" else 0, native.ptr(d), native.ptr(hist))
+        bad = lib.lv_delta_hist_g(native.ptr(flat.view(bits)), *chunks, native.ptr(pl), pl.itemsize,
+                                  _raw_flag(t, name), native.ptr(d), native.ptr(hist))
         if bad >= 0:
             raise CorruptTicketError(
                 f"tensor {name!r}: applying the ticket gives a non-finite value at flat index {int(bad)}; "
                 "the base is not the one this ticket was made from, or the ticket is corrupt")
         k = int(params.density_of(i) * flat.size)
         if k >= n:  # keeps everything
-            idx, off = np.empty(n, np.int64), 0
-            for plane, start, cnt, w in zip(planes, g.starts.tolist(), g.counts.tolist(), g.widths.tolist()):
-                lib.lv_gaps_decode(native.ptr(plane), w, cnt, start, native.ptr(idx[off:]))
-                off += cnt
-            prep[i] = (idx.astype(idx_t, copy=False), d)
+            prep[i] = (g.indices().astype(idx_t, copy=False), d)
         elif k > 0:
             out_idx, out_val = take(k, idx_t), take(k, np.float32)
             m = lib.lv_topk_g(native.ptr(d), n, k, native.ptr(hist), *chunks, native.ptr(out_idx), native.ptr(out_val),

@@ -478,27 +478,35 @@ def _gap_case(tmp_path, dtypes, n_tickets, seed, bitmap):
     return folder, paths
 
 
-@pytest.mark.parametrize("n_tickets,bitmap", [(1, False), (2, False), (2, True)])
-def test_merge_reading_gap_coded_masks_matches_the_numpy_merge(monkeypatch, tmp_path, n_tickets, bitmap):
+def _merge_fast_and_numpy(monkeypatch, tmp_path, folder, paths, gate: str, params=None):
+    """Merge with the compiled kernels (recording, per touched tensor, whether the engine's
+    ``gate`` function chose the gap-reading path), then with the numpy paths. Returns
+    ``(fast result, numpy result, gate choices)``."""
     import lotavec.merge.engine as eng
     from lotavec.merge import merge
 
-    folder, paths = _gap_case(tmp_path, ("BF16", "F32"), n_tickets, seed=n_tickets, bitmap=bitmap)
     used = []
-    real = eng._gap_parts
+    real = getattr(eng, gate)
 
     def spy(*a, **k):
         r = real(*a, **k)
         used.append(r is not None)
         return r
 
-    monkeypatch.setattr(eng, "_gap_parts", spy)
-    fast = merge(folder, paths, tmp_path / "fast", fsync=False)
+    monkeypatch.setattr(eng, gate, spy)
+    fast = merge(folder, paths, tmp_path / "fast", params=params, fsync=False)
+    monkeypatch.setenv(native.ENV, "0")
+    slow = merge(folder, paths, tmp_path / "slow", params=params, fsync=False)
+    monkeypatch.delenv(native.ENV)
+    return fast, slow, used
+
+
+@pytest.mark.parametrize("n_tickets,bitmap", [(1, False), (2, False), (2, True)])
+def test_merge_reading_gap_coded_masks_matches_the_numpy_merge(monkeypatch, tmp_path, n_tickets, bitmap):
+    folder, paths = _gap_case(tmp_path, ("BF16", "F32"), n_tickets, seed=n_tickets, bitmap=bitmap)
+    fast, slow, used = _merge_fast_and_numpy(monkeypatch, tmp_path, folder, paths, "_gap_parts")
     # every tensor took the gap-reading kernel; with a bitmap chunk, none did (decoded indices)
     assert used and all(u != bitmap for u in used)
-    monkeypatch.setenv(native.ENV, "0")
-    slow = merge(folder, paths, tmp_path / "slow", fsync=False)
-    monkeypatch.delenv(native.ENV)
     assert (tmp_path / "fast" / "model.safetensors").read_bytes() == (tmp_path / "slow" / "model.safetensors").read_bytes()
     assert fast.changed_entries == slow.changed_entries > 0
     from lotavec.ticket import load_ticket
@@ -532,25 +540,10 @@ def test_ties_reading_gap_coded_masks_matches_the_numpy_merge(monkeypatch, tmp_p
     """TIES from gap-coded masks (lv_delta_hist_g + lv_topk_g, then the consensus kernel): the same
     bytes as the numpy merge, for a trim (k < stored entries) and for density 0.5 (k ≥ stored
     entries: every entry kept); with a bitmap chunk the decoded-index path is taken."""
-    import lotavec.merge.engine as eng
-    from lotavec.merge import MergeParams, merge
-
     folder, paths = _gap_case(tmp_path, ("BF16", "F32"), 2, seed=7, bitmap=bitmap)
-    used = []
-    real = eng._trim_gap_parts
-
-    def spy(*a, **k):
-        r = real(*a, **k)
-        used.append(r is not None)
-        return r
-
-    monkeypatch.setattr(eng, "_trim_gap_parts", spy)
     params = MergeParams(method="ties", density=density, semantics=semantics, weights=(1.0, 0.7), **extra)
-    fast = merge(folder, paths, tmp_path / "fast", params=params, fsync=False)
+    fast, slow, used = _merge_fast_and_numpy(monkeypatch, tmp_path, folder, paths, "_trim_gap_parts", params)
     assert used and all(u != bitmap for u in used)
-    monkeypatch.setenv(native.ENV, "0")
-    slow = merge(folder, paths, tmp_path / "slow", params=params, fsync=False)
-    monkeypatch.delenv(native.ENV)
     assert (tmp_path / "fast" / "model.safetensors").read_bytes() == (tmp_path / "slow" / "model.safetensors").read_bytes()
     assert fast.changed_entries == slow.changed_entries > 0
 

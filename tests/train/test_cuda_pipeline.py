@@ -1,7 +1,7 @@
 """CUDA, end to end (skipped without CUDA): ``lotavec.train`` with ``device="cuda"`` and bf16 autocast
 exports a ticket that is the trained model; a LoTTO ticket trained after it on the GPU is disjoint and
 both merge (on the CPU) into the sequentially trained model; ``LotaTrainer`` trains only its ticket on
-the GPU; the CLI's ``--device cuda --bf16`` writes a ticket that fits its base."""
+the GPU. ``lotavec train --device cuda`` is tested in tests/cli/test_cli_train.py."""
 
 from __future__ import annotations
 
@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 import torch
 from conftest import bits, random_masks
-from test_pipeline import CFG, bitsof, folder_state, model_state, task, write_jsonl
+from test_pipeline import (
+    CFG,
+    assert_ticket_is_the_trained_model,
+    bitsof,
+    folder_state,
+    model_state,
+    task,
+    write_jsonl,
+)
 
 import lotavec
 from lotavec.merge.config import MergeParams
@@ -33,25 +41,8 @@ def runs(tiny_model_dirs, tmp_path_factory):
 def test_cuda_ticket_is_the_trained_model(runs, tmp_path):
     base, a, _ = runs
     assert next(a.model.parameters()).device.type == "cuda"
-    b = folder_state(base)
     trained = {n: t.cpu() for n, t in model_state(a.model).items()}
-    t = lotavec.load_ticket(a.path)
-    changed = 0
-    for n in b:
-        got, ref = bitsof(trained[n]), bitsof(b[n])
-        if n in t:
-            idx = torch.from_numpy(t.indices(n))
-            off = torch.ones(got.numel(), dtype=torch.bool)
-            off[idx] = False
-            assert torch.equal(got[off], ref[off]), n  # off-mask: bit-identical to the base
-            changed += int((got[idx] != ref[idx]).sum())
-        else:
-            assert torch.equal(got, ref), n
-    assert changed > 0.5 * t.nnz
-    lotavec.merge(base, [a.path], tmp_path / "merged")
-    merged = folder_state(tmp_path / "merged")
-    for n in b:
-        assert torch.equal(bitsof(merged[n]), bitsof(trained[n])), n
+    assert_ticket_is_the_trained_model(base, a.path, trained, tmp_path)
 
 
 def test_cuda_lotto_is_disjoint_and_merges_into_the_sequential_model(runs, tmp_path):

@@ -103,20 +103,16 @@ def test_calibrated_mask_equals_extraction_of_the_calibration_delta(base, data, 
     assert max(dens.values()) > 2 * min(dens.values())
 
 
-def test_exported_ticket_is_the_trained_model(base, run_a, tmp_path):
+def assert_ticket_is_the_trained_model(base: Path, ticket_path, trained: dict[str, torch.Tensor], tmp_path: Path):
+    """Off the ticket's mask every entry of ``trained`` is bit-identical to ``base``; most masked
+    entries changed; merging the ticket into ``base`` gives ``trained`` bit for bit."""
     b = folder_state(base)
-    trained = model_state(run_a.model)
-    t = lotavec.load_ticket(run_a.path)
-    assert sorted(t.names) == sorted(n for n, m in run_a.masks.items() if m.size)
-    assert t.provenance["method"] == "LoTA" and t.provenance["selection"]["density"] == CFG["density"]
-    assert len(t.provenance["training"]["losses"]) == CFG["steps"]
+    t = lotavec.load_ticket(ticket_path)
     trained_entries = 0
     for n in b:
         got, ref = bitsof(trained[n]), bitsof(b[n])
-        assert trained[n].dtype == b[n].dtype, n
         if n in t:
             idx = torch.from_numpy(t.indices(n))
-            np.testing.assert_array_equal(t.indices(n), run_a.masks[n], err_msg=n)
             off = torch.ones(got.numel(), dtype=torch.bool)
             off[idx] = False
             assert torch.equal(got[off], ref[off]), n  # off-mask: bit-identical to the base
@@ -124,10 +120,24 @@ def test_exported_ticket_is_the_trained_model(base, run_a, tmp_path):
         else:
             assert torch.equal(got, ref), n
     assert trained_entries > 0.5 * t.nnz  # the masked entries really trained
-    lotavec.merge(base, [run_a.path], tmp_path / "merged")
+    lotavec.merge(base, [ticket_path], tmp_path / "merged")
     merged = folder_state(tmp_path / "merged")
     for n in b:
         assert torch.equal(bitsof(merged[n]), bitsof(trained[n])), n
+
+
+def test_exported_ticket_is_the_trained_model(base, run_a, tmp_path):
+    b = folder_state(base)
+    trained = model_state(run_a.model)
+    t = lotavec.load_ticket(run_a.path)
+    assert sorted(t.names) == sorted(n for n, m in run_a.masks.items() if m.size)
+    assert t.provenance["method"] == "LoTA" and t.provenance["selection"]["density"] == CFG["density"]
+    assert len(t.provenance["training"]["losses"]) == CFG["steps"]
+    for n in b:
+        assert trained[n].dtype == b[n].dtype, n
+    for n in t.names:
+        np.testing.assert_array_equal(t.indices(n), run_a.masks[n], err_msg=n)
+    assert_ticket_is_the_trained_model(base, run_a.path, trained, tmp_path)
 
 
 def test_lotto_disjoint_and_merge_equals_the_sequential_model(base, run_a, run_b, tmp_path):
