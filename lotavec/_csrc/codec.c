@@ -15,17 +15,19 @@
 #include <unistd.h>
 #endif
 
-/* Gap-coded mask (spec §5.2): width-byte gaps stored as byte planes (raw[b * nnz + j] is byte b of
- * gap j). Writes offset + local index per entry: i0 = g0, ij = i(j-1) + gj + 1. Returns the last
- * local index (-1 when nnz == 0) for the caller's range check. With out == NULL nothing is
- * written: only the last index is computed (the merge reads the gaps itself, see lv_gapcur). */
-static inline uint64_t lv_gap_at(const uint8_t *raw, int w, int64_t nnz, int64_t j) {
+/* The gap g(j) of entry j of nnz gaps stored as w byte planes (w = 1, 2 or 4; callers pass a
+ * compile-time constant where they can, so the plane reads are specialised). */
+static inline __attribute__((always_inline)) uint64_t lv_gap_at(const uint8_t *raw, int w, int64_t nnz, int64_t j) {
     uint64_t g = raw[j];
     if (w >= 2) g |= (uint64_t)raw[nnz + j] << 8;
     if (w == 4) g |= ((uint64_t)raw[2 * nnz + j] << 16) | ((uint64_t)raw[3 * nnz + j] << 24);
     return g;
 }
 
+/* Gap-coded mask (spec §5.2): width-byte gaps stored as byte planes (raw[b * nnz + j] is byte b of
+ * gap j). Writes offset + local index per entry: i0 = g0, ij = i(j-1) + gj + 1. Returns the last
+ * local index (-1 when nnz == 0) for the caller's range check. With out == NULL nothing is
+ * written: only the last index is computed (the merge reads the gaps itself, see lv_cursor). */
 static inline __attribute__((always_inline)) int64_t lv_gaps_w(const uint8_t *raw, int w, int64_t nnz,
                                                                 int64_t offset, int64_t *out) {
     int64_t i = -1;
@@ -313,6 +315,17 @@ static int lv_flush(int fd, const char *buf, int64_t len, int64_t off, void *loc
 }
 #endif
 
+/* After a block [.., b1) of a kernel writing through a sink: once the window holds LV_WINDOW
+ * entries, or the tensor is done (b1 == n), write it out (entries w0..b1 at file offset foff +
+ * w0 * width) and start the next window at b1. Returns nonzero when the write failed (err set). */
+static int lv_window_done(int fd, const void *out_, int width, int64_t b1, int64_t n, int64_t *w0, int64_t foff,
+                          void *lock, int64_t *err) {
+    if (fd < 0 || (b1 - *w0 != LV_WINDOW && b1 != n)) return 0;
+    if (lv_flush(fd, (const char *)out_, (b1 - *w0) * width, foff + *w0 * width, lock, err)) return -1;
+    *w0 = b1;
+    return 0;
+}
+
 /* Where a merge kernel reads one ticket's indices from: an int64 array (lv_sum2), or the gap-coded
  * mask chunks themselves (lv_sum2g), so that the indices are never written out. In gap mode chunk c
  * holds cnt[c] entries: its first index is start[c] + g0, then i(j) = i(j-1) + g(j) + 1 (spec
@@ -408,10 +421,7 @@ static inline __attribute__((always_inline)) int64_t lv_sum2_w(
             if (width == 2) { o16[e] = (uint16_t)nb; changed += nb != bb; }
             else { o32[e] = nb; changed += lv_f32_of(nb, 4) != lv_f32_of(bb, 4); }
         }
-        if (fd >= 0 && (b1 - w0 == LV_WINDOW || b1 == n)) {
-            if (lv_flush(fd, (const char *)out_, (b1 - w0) * width, foff + w0 * width, lock, err)) goto done;
-            w0 = b1;
-        }
+        if (lv_window_done(fd, out_, width, b1, n, &w0, foff, lock, err)) goto done;
     }
 done:
     memset(mark, 0, LV_BLOCK);
@@ -535,14 +545,6 @@ int64_t lv_delta(const void *base_, const int64_t *idx, const void *payload, int
     return -1;
 }
 
-/* The gap g(j) of entry j of a chunk whose gaps are w bytes wide (w a compile-time constant). */
-static inline __attribute__((always_inline)) uint32_t lv_gap_w(const uint8_t *g, int w, int64_t cnt, int64_t j) {
-    uint32_t x = g[j];
-    if (w >= 2) x |= (uint32_t)g[cnt + j] << 8;
-    if (w == 4) x |= ((uint32_t)g[2 * cnt + j] << 16) | ((uint32_t)g[3 * cnt + j] << 24);
-    return x;
-}
-
 /* lv_delta over one chunk of a gap-coded mask (see lv_cursor: its indices are start - 1 + the
  * running sum of g(j) + 1), adding each |delta|'s high 16 bits to hist (lv_topk_abs's first
  * histogram). Returns -1, or the flat index of the first entry whose fine-tuned value is Inf/NaN. */
@@ -554,7 +556,7 @@ static inline __attribute__((always_inline)) int64_t lv_dh_chunk(
     const uint32_t expmask = width == 2 ? 0x7F80u : 0x7F800000u;
     int64_t i = start - 1;
     for (int64_t j = 0; j < cnt; j++) {
-        i += (int64_t)lv_gap_w(g, w, cnt, j) + 1;
+        i += (int64_t)lv_gap_at(g, w, cnt, j) + 1;
         uint32_t bb = width == 2 ? b16[i] : b32[i];
         uint32_t pv = width == 2 ? p16[j] : p32[j];
         uint32_t f = mode ? pv : (width == 2 ? (uint16_t)(bb + pv) : bb + pv);
@@ -599,7 +601,7 @@ static inline __attribute__((always_inline)) int64_t lv_emit_chunk(
     int64_t *o64 = (int64_t *)out_idx_; int32_t *o32 = (int32_t *)out_idx_;
     int64_t i = start - 1;
     for (int64_t j = 0; j < cnt; j++) {
-        i += (int64_t)lv_gap_w(g, w, cnt, j) + 1;
+        i += (int64_t)lv_gap_at(g, w, cnt, j) + 1;
         uint32_t key = u[j] & 0x7FFFFFFFu;
         int64_t keep = key > t;
         if (key == t) { keep = *ties > 0; *ties -= keep; }  /* rare: predictable */
@@ -719,10 +721,7 @@ int64_t lv_consensus(void *out_, const void *base_, int64_t n, int32_t width, in
             pos[t] = end[t];
         }
     flush:
-        if (fd >= 0 && (b1 - w0 == LV_WINDOW || b1 == n)) {
-            if (lv_flush(fd, (const char *)out_, (b1 - w0) * width, foff + w0 * width, lock, err)) return changed;
-            w0 = b1;
-        }
+        if (lv_window_done(fd, out_, width, b1, n, &w0, foff, lock, err)) return changed;
     }
     return changed;
 }
@@ -822,10 +821,7 @@ static inline __attribute__((always_inline)) int64_t lv_consensus2_w(
             if (r < 0) { err[0] = 2; err[2] = i; goto fail; }
             changed += r;
         }
-        if (fd >= 0 && (b1 - w0i == LV_WINDOW || b1 == n)) {
-            if (lv_flush(fd, (const char *)out_, (b1 - w0i) * width, foff + w0i * width, lock, err)) return changed;
-            w0i = b1;
-        }
+        if (lv_window_done(fd, out_, width, b1, n, &w0i, foff, lock, err)) return changed;
         continue;
     fail:
         memset(seen, 0, LV_CBLOCK);

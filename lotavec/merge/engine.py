@@ -604,10 +604,8 @@ def _gapped_trims(lib, name: str, flat: np.ndarray, dtype: str, parts: list[tupl
         d = take(n, np.float32)
         bad = lib.lv_delta_hist_g(native.ptr(flat.view(bits)), *chunks, native.ptr(pl), pl.itemsize,
                                   _raw_flag(t, name), native.ptr(d), native.ptr(hist))
-        if bad >= 0:
-            raise CorruptTicketError(
-                f"tensor {name!r}: applying the ticket gives a non-finite value at flat index {int(bad)}; "
-                "the base is not the one this ticket was made from, or the ticket is corrupt")
+        if bad >= 0:  # the error record of the other kernels: [1, this ticket, flat index]
+            _raise_kernel_error(name, dtype, np.array([1, 0, bad], np.int64), [i])
         k = int(params.density_of(i) * flat.size)
         if k >= n:  # keeps everything
             prep[i] = (g.indices().astype(idx_t, copy=False), d)
@@ -725,7 +723,7 @@ def _stream(src: TensorSource, tks: list[Ticket], names: list[str], touched: set
     workers = max(1, threads or (os.cpu_count() or 1) + int(sinks))
     buffers = _Buffers(keep=4 * workers + 2)  # output arrays; TIES: 3 scratch arrays per ticket
     local = threading.local()
-    lock = writer.io_lock if sinks and isinstance(writer.io_lock, native.Mutex) else None
+    lock = writer.io_lock if isinstance(writer.io_lock, native.Mutex) else None  # shared with the kernels
 
     def job(n: str) -> int:
         dtype = src.info(n)[0]
@@ -736,12 +734,14 @@ def _stream(src: TensorSource, tks: list[Ticket], names: list[str], touched: set
                     arr = from_float32(to_float32(arr, dtype), out_dt[n])
                 writer.write_at(n, arr)
                 return 0
-            coded = _gap_parts(n, dtype, tks, params) if sinks and out_dt[n] == dtype else None
-            tcoded = (_trim_gap_parts(n, dtype, tks, params) if coded is None and sinks and out_dt[n] == dtype
-                      else None)
-            # one decoding thread per tensor: the pool already works on several tensors at once
-            parts = (None if coded is not None or tcoded is not None
-                     else [t.tensor(n, threads=1) if n in t else None for t in tks])
+            # the kernels that read gap-coded masks write the output themselves, in the base dtype
+            gapped = sinks and out_dt[n] == dtype
+            coded = _gap_parts(n, dtype, tks, params) if gapped else None
+            tcoded = _trim_gap_parts(n, dtype, tks, params) if gapped and coded is None else None
+            parts = None
+            if coded is None and tcoded is None:
+                # one decoding thread per tensor: the pool already works on several tensors at once
+                parts = [t.tensor(n, threads=1) if n in t else None for t in tks]
             base_arr = src.array(n)
             if check is not None:
                 check(n, base_arr)
