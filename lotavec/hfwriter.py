@@ -35,7 +35,7 @@ import numpy as np
 from ._tmp import reap_and_tag, reap_stale, tagged
 from .errors import ModelError, OutputExistsError
 from .format.dtypes import storage_dtype
-from .format.safetensors_io import build_header
+from .format.safetensors_io import build_header, join_ranges
 
 INDEX_NAME = "model.safetensors.index.json"
 #: Files that hold weights (never copied by :func:`copy_model_files`).
@@ -262,8 +262,8 @@ class ShardedWriter:
                 ranges = self._unflushed.setdefault(s, [])
                 ranges.append((self._offset[i] + (0 if whole else start), nbytes))
                 if self._left[s] == 0 or sum(n for _, n in ranges) >= _FLUSH_STEP:
-                    for off, n in _coalesce(ranges):
-                        self._flusher.submit(self._fds[s], off, n)
+                    for a, b in join_ranges((off, off + n) for off, n in ranges):
+                        self._flusher.submit(self._fds[s], a, b - a)
                     ranges.clear()
             if self._left[s] == 0 and s in self._fds:
                 os.close(self._fds.pop(s))
@@ -318,17 +318,6 @@ class ShardedWriter:
             self.close()
         else:
             self.abort()
-
-
-def _coalesce(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Sorted ``(offset, length)`` ranges with adjacent ones joined."""
-    out: list[tuple[int, int]] = []
-    for off, n in sorted(ranges):
-        if out and out[-1][0] + out[-1][1] == off:
-            out[-1] = (out[-1][0], out[-1][1] + n)
-        else:
-            out.append((off, n))
-    return out
 
 
 #: Bytes between two early write-back requests of :class:`ShardedWriter` (``flush_behind``).

@@ -144,6 +144,17 @@ def parse_header(head: bytes, file_size: int, where: str) -> tuple[dict[str, Ten
     return infos, meta, data_start
 
 
+def join_ranges(ranges: Iterable[tuple[int, int]], slack: int = 0) -> list[tuple[int, int]]:
+    """Sorted ``(start, end)`` byte ranges, those overlapping or at most ``slack`` bytes apart joined."""
+    joined: list[tuple[int, int]] = []
+    for a, b in sorted(ranges):
+        if joined and a <= joined[-1][1] + slack:
+            joined[-1] = (joined[-1][0], max(joined[-1][1], b))
+        else:
+            joined.append((a, b))
+    return joined
+
+
 class SafetensorsFile:
     """A validated, memory-mapped safetensors file giving zero-copy numpy storage views.
 
@@ -227,17 +238,10 @@ class SafetensorsFile:
         self._drop(ranges)
 
     def _drop(self, ranges: list[tuple[int, int]]) -> None:
-        page = mmap.PAGESIZE
-        joined: list[list[int]] = []
-        for a, b in sorted(ranges):
-            if joined and a <= joined[-1][1] + page:  # adjacent tensors (a partial page between)
-                joined[-1][1] = max(joined[-1][1], b)
-            else:
-                joined.append([a, b])
         mm = self._mmap
         if mm is None or not hasattr(mm, "madvise"):
             return
-        for a, b in joined:
+        for a, b in join_ranges(ranges, slack=mmap.PAGESIZE):  # adjacent tensors: a partial page between
             try:
                 mm.madvise(mmap.MADV_DONTNEED, a, b - a)
             except (OSError, ValueError):
