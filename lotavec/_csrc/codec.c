@@ -511,8 +511,8 @@ int64_t lv_sum(void *out_, const void *base_, int64_t n, int32_t width, int32_t 
 }
 
 /* out[j] = src[pos[j]] for j < n, elements of `width` bytes (1, 2, 4 or 8): the gather of the
- * sampled base fingerprint (spec §8), run without holding Python's GIL, since its page faults on
- * a freshly mapped base are most of its cost. */
+ * sampled base fingerprint (spec §8), run without holding Python's GIL (ctypes releases it), since
+ * on a freshly mapped base it faults the tensor's pages in. */
 void lv_gather(const void *src, int32_t width, const int64_t *pos, int64_t n, void *out) {
     if (width == 1) { for (int64_t j = 0; j < n; j++) ((uint8_t *)out)[j] = ((const uint8_t *)src)[pos[j]]; }
     else if (width == 2) { for (int64_t j = 0; j < n; j++) ((uint16_t *)out)[j] = ((const uint16_t *)src)[pos[j]]; }

@@ -30,7 +30,7 @@ def base_sample(storage: np.ndarray) -> str:
     """Blake2b-128 of the little-endian bytes of the sampled elements (hex).
 
     The gather runs in the compiled kernels when they are available, without holding the GIL: on
-    a freshly mapped base its page faults are most of the cost, and merge workers sample tensors
+    a freshly mapped base it faults the tensor's pages in, and merge workers sample tensors
     concurrently.
     """
     flat = storage.reshape(-1)

@@ -156,7 +156,7 @@ class TicketFile:
 
     def read_tensor_gaps(self, name: str) -> GapCoded | None:
         """A tensor's payload and its mask as gap byte planes per chunk, for kernels that read
-        the gaps themselves (the merge's ``sum``): the same checks as :meth:`read_tensor`, but
+        the gaps themselves (the merge's ``sum`` and TIES): the same checks as :meth:`read_tensor`, but
         no index array is written. ``None`` when a chunk has no gap coding (``bitmap``) or the
         compiled kernels are not available: use :meth:`read_tensor` then."""
         e = self.entry(name)
