@@ -102,16 +102,12 @@ def timeline(model: str, method: str) -> dict[str, float]:
                     busy[kind] += time.perf_counter() - t0
         return wrapper
 
-    saved = (eng._BaseChecks.check, tk.Ticket.tensor, tk.Ticket.gap_coded, eng.merge_tensor_values,
-             eng._gapped_sum, hw.ShardedWriter.write_at, eng._gapped_trims, eng._consensus_native)
-    eng._BaseChecks.check = timed("check", saved[0])
-    tk.Ticket.tensor = timed("decode", saved[1])
-    tk.Ticket.gap_coded = timed("decode", saved[2])
-    eng.merge_tensor_values = timed("compute", saved[3])
-    eng._gapped_sum = timed("compute", saved[4])
-    hw.ShardedWriter.write_at = timed("write", saved[5])
-    eng._gapped_trims = timed("compute", saved[6])
-    eng._consensus_native = timed("compute", saved[7])
+    stages = [(eng._BaseChecks, "check", "check"), (tk.Ticket, "tensor", "decode"), (tk.Ticket, "gap_coded", "decode"),
+              (eng, "merge_tensor_values", "compute"), (eng, "_gapped_sum", "compute"), (eng, "_gapped_trims", "compute"),
+              (eng, "_consensus_native", "compute"), (hw.ShardedWriter, "write_at", "write")]
+    saved = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in stages]
+    for owner, attr, kind in stages:
+        setattr(owner, attr, timed(kind, getattr(owner, attr)))
     out = Path(tempfile.mkdtemp(prefix="profile-merge-", dir=Path(__file__).parent / "out")) / "merged"
     try:
         t0, c0 = time.perf_counter(), time.process_time()
@@ -119,8 +115,8 @@ def timeline(model: str, method: str) -> dict[str, float]:
                       fsync=False)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     finally:
-        (eng._BaseChecks.check, tk.Ticket.tensor, tk.Ticket.gap_coded, eng.merge_tensor_values, eng._gapped_sum,
-         hw.ShardedWriter.write_at, eng._gapped_trims, eng._consensus_native) = saved
+        for owner, attr, fn in saved:
+            setattr(owner, attr, fn)
         shutil.rmtree(out.parent, ignore_errors=True)
     return {"wall": wall, "cpu": cpu, **busy}
 
