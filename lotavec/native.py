@@ -28,7 +28,7 @@ _U32 = ctypes.c_uint32
 
 #: Calling-convention version per library (its ``lv_abi()``); a build from older sources whose
 #: functions take other arguments is not used.
-ABI: dict[str, int] = {"codec": 9}
+ABI: dict[str, int] = {"codec": 10}
 
 #: Entries per output window of the merge kernels that write their result with ``pwrite``
 #: (``LV_WINDOW`` in lotavec/_csrc/codec.c): their scratch output holds this many entries.
@@ -58,6 +58,10 @@ SIGNATURES: dict[str, dict[str, tuple]] = {
         "lv_sum2g": (_I64, [_P, _P, _I64, _I32, _I32, _I64, _P, _P, _P, _P, _P, _I32, _I64, _P, _P, _P, _P, _P, _I32,
                             _P, _P, _I32, _I64, _P]),
         "lv_sum": (_I64, [_P, _P, _I64, _I32, _I32, _I32, _I32, _P, _P, _P, _P, _P, _P, _P, _P, _P]),
+        "lv_ctx_new": (_P, []),
+        "lv_ctx_free": (None, [_P]),
+        "lv_sum_coded": (_I64, [_P, _P, _I64, _I32, _I32, _I32, _P, _P, _I64, _I64, _I32, _P, _P, _I64, _I64, _I32,
+                                _P, _I32, _I64, _P]),
         "lv_abi": (_I32, []),
         "lv_crc32": (_U32, [_P, _I64, _U32, _I32]),
         "lv_mutex_new": (_P, []),

@@ -457,6 +457,201 @@ int64_t lv_sum2g(void *out_, const void *base_, int64_t n, int32_t width, int32_
     return lv_sum2_w(4, 1, 0x7F800000u, out_, base_, n, q0, p0, m0, q1, p1, m1, err, mark, fd, foff, lock);
 }
 
+/* ---- Decoding ticket chunks in C (zstd from the system's libzstd) -----------------------------
+ * lv_sum_coded merges one tensor straight from the tickets' compressed chunks: checksum, zstd,
+ * mask range check and value unshuffling (spec §5-§6), then lv_sum2_w, in one call that does not
+ * hold Python's GIL. zstd comes from libzstd.so.1, loaded at run time; without it lv_ctx_new
+ * returns NULL and callers decode with the Python codecs. The checks accept exactly what the
+ * Python decoders (lotavec/format/codecs.py) accept for these codecs: one zstd frame declaring
+ * and holding the expected size, nothing after it. Anything else is reported as "not decoded"
+ * (err[0] = 5), and the caller decodes that tensor with the Python codecs, which raise the typed
+ * error (or handle the rare stream shapes this path leaves to them). */
+uint32_t lv_crc32(const uint8_t *data, int64_t n, uint32_t crc, int32_t use_clmul);
+#ifndef _WIN32
+#include <dlfcn.h>
+typedef struct lv_zstd_dctx lv_zstd_dctx;
+static struct {
+    int ok;
+    lv_zstd_dctx *(*create)(void);
+    size_t (*destroy)(lv_zstd_dctx *);
+    size_t (*decompress)(lv_zstd_dctx *, void *, size_t, const void *, size_t);
+    unsigned long long (*content_size)(const void *, size_t);
+    size_t (*frame_size)(const void *, size_t);
+    unsigned (*is_error)(size_t);
+} lv_zstd;
+static pthread_once_t lv_zstd_once = PTHREAD_ONCE_INIT;
+
+static void lv_zstd_load(void) {
+    void *h = dlopen("libzstd.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (!h) return;
+    *(void **)&lv_zstd.create = dlsym(h, "ZSTD_createDCtx");
+    *(void **)&lv_zstd.destroy = dlsym(h, "ZSTD_freeDCtx");
+    *(void **)&lv_zstd.decompress = dlsym(h, "ZSTD_decompressDCtx");
+    *(void **)&lv_zstd.content_size = dlsym(h, "ZSTD_getFrameContentSize");
+    *(void **)&lv_zstd.frame_size = dlsym(h, "ZSTD_findFrameCompressedSize");
+    *(void **)&lv_zstd.is_error = dlsym(h, "ZSTD_isError");
+    lv_zstd.ok = lv_zstd.create && lv_zstd.destroy && lv_zstd.decompress && lv_zstd.content_size
+                 && lv_zstd.frame_size && lv_zstd.is_error;
+}
+
+/* Exactly one zstd frame of `len` bytes that declares and holds `expected` bytes. */
+static int lv_unzstd(lv_zstd_dctx *d, const uint8_t *src, int64_t len, uint8_t *dst, int64_t expected) {
+    if (expected < 0 || len <= 0) return -1;
+    if (lv_zstd.content_size(src, (size_t)len) != (unsigned long long)expected) return -1;
+    size_t fs = lv_zstd.frame_size(src, (size_t)len);
+    if (lv_zstd.is_error(fs) || fs != (size_t)len) return -1;
+    size_t r = lv_zstd.decompress(d, dst, (size_t)expected, src, (size_t)len);
+    return lv_zstd.is_error(r) || r != (size_t)expected ? -1 : 0;
+}
+#endif
+
+typedef struct { uint8_t *p; size_t cap; } lv_buf;
+
+static int lv_grow(lv_buf *b, size_t need) {
+    if (need <= b->cap) return 0;
+    uint8_t *p = (uint8_t *)realloc(b->p, need);
+    if (!p) return -1;
+    b->p = p; b->cap = need;
+    return 0;
+}
+
+/* One worker thread's decoding state: the zstd context and buffers reused from tensor to tensor
+ * (per ticket: gap planes, payload and the chunk table; one value scratch; the merge window). */
+typedef struct {
+    void *dctx;
+    lv_buf gaps[2], pay[2], meta[2], vals;
+    uint8_t *window, *mark;
+} lv_ctx;
+
+void lv_ctx_free(void *c_) {
+    lv_ctx *c = (lv_ctx *)c_;
+    if (!c) return;
+#ifndef _WIN32
+    if (c->dctx) lv_zstd.destroy((lv_zstd_dctx *)c->dctx);
+#endif
+    for (int t = 0; t < 2; t++) { free(c->gaps[t].p); free(c->pay[t].p); free(c->meta[t].p); }
+    free(c->vals.p); free(c->window); free(c->mark); free(c);
+}
+
+/* A decoding context, or NULL where libzstd.so.1 is not available (or memory is short). */
+void *lv_ctx_new(void) {
+#ifdef _WIN32
+    return NULL;
+#else
+    pthread_once(&lv_zstd_once, lv_zstd_load);
+    if (!lv_zstd.ok) return NULL;
+    lv_ctx *c = (lv_ctx *)calloc(1, sizeof(lv_ctx));
+    if (!c) return NULL;
+    c->dctx = lv_zstd.create();
+    c->window = (uint8_t *)malloc((size_t)LV_WINDOW * 4);
+    c->mark = (uint8_t *)calloc(LV_BLOCK, 1);
+    if (!c->dctx || !c->window || !c->mark) { lv_ctx_free(c); return NULL; }
+    return c;
+#endif
+}
+
+/* Chunk record fields (lotavec.format.reader.TicketFile.chunk_records). */
+enum { LV_R_OFF, LV_R_MASK, LV_R_VAL, LV_R_CRC, LV_R_CODEC, LV_R_START, LV_R_NNZ, LV_R_LEN, LV_R_N };
+
+/* Decode ticket slot t of one tensor: its nrec chunks (records rec, data blob at blob) into c's
+ * buffers, and the chunk table lv_cur_gaps reads (*starts, *cnts, *wids, *planes). Codecs: 0 none,
+ * 1 all, 2/3/4 gaps8/16/32. Returns 0, or the failing chunk + 1 (crc, stream or range), or -1
+ * out of memory. */
+static int64_t lv_decode_slot(lv_ctx *c, int t, const uint8_t *blob, const int64_t *rec, int64_t nrec, int64_t nnz,
+                              int32_t width, int32_t raw, uint32_t expmask, const int64_t **starts,
+                              const int64_t **cnts, const int32_t **wids, const uint8_t *const **planes) {
+#ifdef _WIN32
+    (void)c; (void)t; (void)blob; (void)rec; (void)nrec; (void)nnz; (void)width; (void)raw; (void)expmask;
+    (void)starts; (void)cnts; (void)wids; (void)planes;
+    return -1;
+#else
+    int64_t gbytes = 0, total = 0, vmax = 0;
+    for (int64_t k = 0; k < nrec; k++) {
+        const int64_t *r = rec + k * LV_R_N;
+        int64_t gw = r[LV_R_CODEC] >= 2 ? (int64_t)1 << (r[LV_R_CODEC] - 2) : 1;
+        if (r[LV_R_NNZ] < 0 || r[LV_R_NNZ] > r[LV_R_LEN]) return k + 1;
+        gbytes += gw * r[LV_R_NNZ]; total += r[LV_R_NNZ];
+        if (r[LV_R_NNZ] * width > vmax) vmax = r[LV_R_NNZ] * width;
+    }
+    if (total != nnz) return 1;
+    size_t msz = (size_t)nrec * (2 * sizeof(int64_t) + sizeof(int32_t) + sizeof(void *)) + 64;
+    if (lv_grow(&c->gaps[t], (size_t)gbytes + 1) || lv_grow(&c->pay[t], (size_t)(nnz * width) + 1)
+        || lv_grow(&c->meta[t], msz) || lv_grow(&c->vals, (size_t)vmax + 1)) return -1;
+    int64_t *st = (int64_t *)c->meta[t].p, *cn = st + nrec;
+    const uint8_t **pl = (const uint8_t **)(cn + nrec);
+    int32_t *wd = (int32_t *)(pl + nrec);
+    uint8_t *g = c->gaps[t].p, *pay = c->pay[t].p;
+    for (int64_t k = 0; k < nrec; k++) {
+        const int64_t *r = rec + k * LV_R_N;
+        const uint8_t *b = blob + r[LV_R_OFF];
+        int64_t m = r[LV_R_MASK], v = r[LV_R_VAL], cnt = r[LV_R_NNZ], codec = r[LV_R_CODEC];
+        if (lv_crc32(b, m + v, 0, 1) != (uint32_t)r[LV_R_CRC]) return k + 1;
+        int w = codec >= 2 ? 1 << (codec - 2) : 1;
+        if (codec == 0 || codec == 1) {
+            if (m != 0 || (codec == 0 ? cnt != 0 : cnt != r[LV_R_LEN])) return k + 1;
+            memset(g, 0, (size_t)cnt);  /* "all": every gap 0; "none": no entries */
+        } else if (codec <= 4) {  /* gaps; with nnz 0, one empty frame */
+            if (lv_unzstd((lv_zstd_dctx *)c->dctx, b, m, g, w * cnt)) return k + 1;
+            int64_t last = w == 1 ? lv_gaps_w(g, 1, cnt, 0, NULL) : w == 2 ? lv_gaps_w(g, 2, cnt, 0, NULL)
+                                                                           : lv_gaps_w(g, 4, cnt, 0, NULL);
+            if (last >= r[LV_R_LEN]) return k + 1;
+        } else {
+            return k + 1;  /* an unknown codec: the Python decoders report it */
+        }
+        if (cnt == 0) {
+            if (v != 0) return k + 1;
+        } else {
+            if (lv_unzstd((lv_zstd_dctx *)c->dctx, b + m, v, c->vals.p, cnt * width)) return k + 1;
+            lv_unshuffle(c->vals.p, width, cnt, raw ? 0 : 1, pay);
+            if (raw) {
+                for (int64_t j = 0; j < cnt; j++) {
+                    uint32_t f = width == 2 ? ((const uint16_t *)pay)[j] : ((const uint32_t *)pay)[j];
+                    if ((f & expmask) == expmask) return k + 1;
+                }
+            }
+        }
+        st[k] = r[LV_R_START]; cn[k] = cnt; wd[k] = w; pl[k] = g;
+        g += (size_t)w * cnt; pay += (size_t)width * cnt;
+    }
+    *starts = st; *cnts = cn; *wids = wd; *planes = pl;
+    return 0;
+#endif
+}
+
+/* lv_sum2g from the tickets' compressed chunks: T (1 or 2) tickets, each given by its data blob,
+ * chunk records (see lv_decode_slot), entry count and payload mode (raw 1, ulpdiff 0); the merged
+ * tensor is written through fd/foff/lock with c's window. Errors as lv_sum2, plus err[0] = 5
+ * (err[1] = ticket slot, err[2] = chunk): that chunk was not decoded here (nothing was written);
+ * err[0] = 6: out of memory. */
+int64_t lv_sum_coded(void *ctx, const void *base_, int64_t n, int32_t width, int32_t is_bf16, int32_t T,
+                     const uint8_t *blob0, const int64_t *rec0, int64_t nrec0, int64_t nnz0, int32_t raw0,
+                     const uint8_t *blob1, const int64_t *rec1, int64_t nrec1, int64_t nnz1, int32_t raw1,
+                     int64_t *err, int32_t fd, int64_t foff, void *lock) {
+    lv_ctx *c = (lv_ctx *)ctx;
+    uint32_t expmask = width == 2 ? (is_bf16 ? 0x7F80u : 0x7C00u) : 0x7F800000u;
+    const int64_t *st[2] = {NULL, NULL}, *cn[2] = {NULL, NULL};
+    const int32_t *wd[2] = {NULL, NULL};
+    const uint8_t *const *pl[2] = {NULL, NULL};
+    const uint8_t *blob[2] = {blob0, blob1};
+    const int64_t *rec[2] = {rec0, rec1};
+    int64_t nrec[2] = {nrec0, nrec1}, nnz[2] = {nnz0, nnz1};
+    int32_t raw[2] = {raw0, raw1};
+    err[0] = 0;
+    for (int t = 0; t < T; t++) {
+        int64_t bad = lv_decode_slot(c, t, blob[t], rec[t], nrec[t], nnz[t], width, raw[t], expmask,
+                                     &st[t], &cn[t], &wd[t], &pl[t]);
+        if (bad) { err[0] = bad < 0 ? 6 : 5; err[1] = t; err[2] = bad - 1; return 0; }
+    }
+    lv_cursor q0 = lv_cur_gaps(nrec0, st[0], cn[0], wd[0], pl[0]);
+    lv_cursor q1 = lv_cur_gaps(T == 2 ? nrec1 : 0, st[1], cn[1], wd[1], pl[1]);
+    const void *p1 = T == 2 ? (const void *)c->pay[1].p : (const void *)c->pay[0].p;
+    if (width == 2)
+        return lv_sum2_w(2, 1, expmask, c->window, base_, n, q0, c->pay[0].p, raw0, q1, p1, raw1, err, c->mark,
+                         fd, foff, lock);
+    return lv_sum2_w(4, 1, expmask, c->window, base_, n, q0, c->pay[0].p, raw0, q1, p1, raw1, err, c->mark,
+                     fd, foff, lock);
+}
+
 /* The exact `sum` of T lossless tickets into one tensor, fused and in cache-sized blocks (the
  * numpy twin is lotavec.merge.engine._exact_sum_values):
  *   out = base, then per entry: one ticket touches it -> the fine-tuned bits (ulpdiff: base + diff,
@@ -946,7 +1141,7 @@ uint32_t lv_crc32(const uint8_t *data, int64_t n, uint32_t crc, int32_t use_clmu
 }
 
 /* Version of these kernels' calling conventions (lotavec/native.py refuses other builds). */
-int32_t lv_abi(void) { return 9; }
+int32_t lv_abi(void) { return 10; }
 
 /* A valid (empty) extension module, so that setuptools builds and installs this file like any
  * other; lotavec uses it only through ctypes. */

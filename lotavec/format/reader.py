@@ -27,6 +27,8 @@ from .safetensors_io import SafetensorsFile
 DEFAULT_MAX_TENSOR_BYTES = 8 << 30
 
 _EXP_MASK = {"BF16": 0x7F80, "F16": 0x7C00, "F32": 0x7F800000}
+#: Mask codecs of :meth:`TicketFile.chunk_records` (``bitmap`` is decoded by the Python codecs).
+_RECORD_CODECS = {"none": 0, "all": 1, "gaps8": 2, "gaps16": 3, "gaps32": 4}
 
 
 @dataclass
@@ -95,6 +97,7 @@ class TicketFile:
             )
         self.manifest: Manifest = parse_manifest(meta[MANIFEST_KEY], self.path)
         self.entries: dict[str, TensorEntry] = {e.name: e for e in self.manifest.tensors}
+        self._records: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}
         used: set[str] = set()
         for e in self.manifest.tensors:
             if e.data in used:
@@ -177,6 +180,32 @@ class TicketFile:
         return GapCoded(np.array([c.start for c in e.chunks], np.int64), np.array([c.nnz for c in e.chunks], np.int64),
                         np.array(widths, np.int32), planes, payload)
 
+    def chunk_records(self, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """A tensor's chunks as the compiled decoders take them (``lv_decode_slot`` in
+        lotavec/_csrc/codec.c): an int64 array of one row per chunk, ``[offset in the data blob,
+        mask_bytes, value_bytes, crc32, mask codec (0 none, 1 all, 2/3/4 gaps8/16/32), first
+        element, nnz, length]``, and the data blob (uint8, a view of the mapping). ``None`` for
+        tensors those decoders leave to the Python codecs: a ``bitmap`` chunk, or ``f32delta``
+        values. Cached per tensor (the manifest is immutable)."""
+        got = self._records.get(name, False)
+        if got is not False:
+            return got
+        e = self.entry(name)
+        codes = [_RECORD_CODECS.get(c.mask_codec) for c in e.chunks]
+        if e.values not in ("ulpdiff", "raw") or any(k is None for k in codes):
+            got = None
+        else:
+            rec = np.array([(c.offset, c.mask_bytes, c.value_bytes, c.crc32, k, c.start, c.nnz, c.length)
+                            for c, k in zip(e.chunks, codes)], np.int64).reshape(-1, 8)
+            blob = self._st.buffer(e.data)
+            got = rec, (np.frombuffer(blob, np.uint8) if len(blob) else np.zeros(1, np.uint8))
+        self._records[name] = got
+        return got
+
+    def done(self, name: str) -> None:
+        """Give the pages of a tensor's compressed data back to the kernel (decoded already)."""
+        self._st.advise_done(self.entry(name).data)
+
     def iter_chunks(self, name: str) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """Yield ``(chunk start, local indices, payload)`` chunk by chunk (bounded memory)."""
         e = self.entry(name)
@@ -226,6 +255,7 @@ class TicketFile:
                 self.read_chunk(e, c)
 
     def close(self) -> None:
+        self._records.clear()  # views of the mapping: drop them so that it can be closed
         self._st.close()
 
     def __enter__(self) -> TicketFile:

@@ -535,6 +535,45 @@ def _gap_parts(name: str, dtype: str, tks: list[Ticket], params: MergeParams
     return _live_gap_coded(name, tks)
 
 
+def _coded_plan(name: str, dtype: str, tks: list[Ticket], params: MergeParams
+                ) -> list[tuple[int, Ticket, tuple[np.ndarray, np.ndarray]]] | None:
+    """The tickets touching ``name`` with their chunk records (:meth:`TicketFile.chunk_records`)
+    when the exact ``sum`` can take :func:`_coded_sum` (the cases of :func:`_gap_parts`, from
+    ticket files whose chunks the compiled decoders read), else ``None``. Nothing is decoded."""
+    live = [(i, t) for i, t in enumerate(tks) if name in t]
+    if not 1 <= len(live) <= 2 or (len(live) == 2 and dtype not in ("BF16", "F32")) or not _exact_sum(params, len(tks)):
+        return None
+    recs = [t._file.chunk_records(name) if t._file is not None else None for _, t in live]
+    if any(r is None for r in recs):
+        return None
+    return [(i, t, r) for (i, t), r in zip(live, recs)]
+
+
+def _coded_sum(lib, ctx: int, name: str, flat: np.ndarray, dtype: str,
+               plan: list[tuple[int, Ticket, tuple[np.ndarray, np.ndarray]]], sink: Sink) -> int | None:
+    """The exact ``sum`` of :func:`_coded_plan`'s tickets straight from their compressed chunks,
+    written through ``sink`` by ``lv_sum_coded`` (checksums, zstd, mask checks and values
+    decoded in the same call, without the GIL; ``ctx`` from ``lv_ctx_new``): the result of
+    :func:`_gapped_sum`. ``None`` when a chunk was left to the Python codecs (nothing written):
+    decode with them then; they raise the typed error for a corrupt chunk."""
+    bits = BITS[dtype]
+    args: list = []
+    for _, t, (rec, blob) in plan:
+        args += [native.ptr(blob), native.ptr(rec), rec.shape[0], t.info(name)["nnz"], _raw_flag(t, name)]
+    if len(plan) == 1:
+        args += [0, 0, 0, 0, 0]
+    err = np.zeros(3, np.int64)
+    changed = lib.lv_sum_coded(ctx, native.ptr(flat.view(bits)), flat.size, np.dtype(bits).itemsize,
+                               int(dtype == "BF16"), len(plan), *args, native.ptr(err), sink.fd, sink.offset,
+                               sink.lock.ptr if sink.lock is not None else None)
+    if err[0] in (5, 6):
+        return None
+    _raise_kernel_error(name, dtype, err, [i for i, _, _ in plan])
+    for _, t, _ in plan:
+        t._file.done(name)
+    return int(changed)
+
+
 def _raw_flag(t: Ticket, name: str) -> int:
     """The kernels' payload mode: 1 when the ticket stores the fine-tuned bits (``raw``), 0 for
     bit-pattern differences (``ulpdiff``)."""
@@ -724,6 +763,18 @@ def _stream(src: TensorSource, tks: list[Ticket], names: list[str], touched: set
     buffers = _Buffers(keep=4 * workers + 2)  # output arrays; TIES: 3 scratch arrays per ticket
     local = threading.local()
     lock = writer.io_lock if isinstance(writer.io_lock, native.Mutex) else None  # shared with the kernels
+    ctxs: list[int] = []  # the workers' decoding contexts (lv_ctx_new), freed when the pool is done
+    ctx_lock = threading.Lock()
+
+    def worker_ctx() -> int | None:
+        """This worker's context for the compiled decoders, or ``None`` (no libzstd.so.1)."""
+        c = getattr(local, "ctx", False)
+        if c is False:
+            c = local.ctx = native.kernels("codec").lv_ctx_new() or None
+            if c is not None:
+                with ctx_lock:
+                    ctxs.append(c)
+        return c
 
     def job(n: str) -> int:
         dtype = src.info(n)[0]
@@ -736,10 +787,12 @@ def _stream(src: TensorSource, tks: list[Ticket], names: list[str], touched: set
                 return 0
             # the kernels that read gap-coded masks write the output themselves, in the base dtype
             gapped = sinks and out_dt[n] == dtype
-            coded = _gap_parts(n, dtype, tks, params) if gapped else None
-            tcoded = _trim_gap_parts(n, dtype, tks, params) if gapped and coded is None else None
+            ctx = worker_ctx() if gapped else None
+            plan = _coded_plan(n, dtype, tks, params) if ctx else None
+            coded = _gap_parts(n, dtype, tks, params) if gapped and plan is None else None
+            tcoded = _trim_gap_parts(n, dtype, tks, params) if gapped and plan is None and coded is None else None
             parts = None
-            if coded is None and tcoded is None:
+            if plan is None and coded is None and tcoded is None:
                 # one decoding thread per tensor: the pool already works on several tensors at once
                 parts = [t.tensor(n, threads=1) if n in t else None for t in tks]
             base_arr = src.array(n)
@@ -750,6 +803,12 @@ def _stream(src: TensorSource, tks: list[Ticket], names: list[str], touched: set
                 if not hasattr(local, "window"):
                     local.window = np.empty(native.WINDOW * 4, np.uint8)
                 sink = Sink(*writer.target(n), local.window, lock)
+            if plan is not None:
+                c = _coded_sum(native.kernels("codec"), ctx, n, base_arr.reshape(-1), dtype, plan, sink)
+                if c is not None:
+                    writer.finish(n)
+                    return c
+                coded = _gap_parts(n, dtype, tks, params)  # decoded by the Python codecs (typed errors)
             if coded is not None:
                 c = _gapped_sum(native.kernels("codec"), n, base_arr.reshape(-1), dtype, coded, sink)
                 writer.finish(n)
@@ -775,17 +834,22 @@ def _stream(src: TensorSource, tks: list[Ticket], names: list[str], touched: set
             src.release(n)
 
     changed = 0
-    with ThreadPoolExecutor(workers) as ex:
-        futures = [ex.submit(job, n) for n in names]  # file order: the base is read front to back
-        try:
-            for done, fut in enumerate(futures, 1):
-                changed += fut.result()
-                if progress:
-                    progress("merge", done, len(names))
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            raise
+    try:
+        with ThreadPoolExecutor(workers) as ex:
+            futures = [ex.submit(job, n) for n in names]  # file order: the base is read front to back
+            try:
+                for done, fut in enumerate(futures, 1):
+                    changed += fut.result()
+                    if progress:
+                        progress("merge", done, len(names))
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+    finally:
+        lib = native.kernels("codec")
+        for c in ctxs:
+            lib.lv_ctx_free(c)
     return changed
 
 
