@@ -1,7 +1,7 @@
 """Model cards (``README.md``) for tickets pushed to the Hub and for merged-model folders.
 
-The YAML front matter comes from ``huggingface_hub.ModelCardData.to_yaml()`` (no Jinja2), so
-the Hub and ``huggingface_hub.ModelCard`` parse it. Ticket cards declare
+The YAML front matter has the layout of ``huggingface_hub.ModelCardData.to_yaml()`` (no Jinja2),
+so the Hub and ``huggingface_hub.ModelCard`` parse it (the tests check both). Ticket cards declare
 ``library_name: lotavec`` and ``base_model_relation: adapter``; merged-model cards declare
 ``base_model: [ids...]`` and ``base_model_relation: merge``.
 """
@@ -9,6 +9,7 @@ the Hub and ``huggingface_hub.ModelCard`` parse it. Ticket cards declare
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,11 +19,31 @@ TICKET_TAGS = ("lotavec", "lota", "sparse-task-vector")
 _LOTA = "[Lottery Ticket Adaptation](https://arxiv.org/abs/2406.16797)"
 
 
-def _front_matter(**fields: Any) -> str:
-    from huggingface_hub import ModelCardData
+#: Strings written as plain YAML scalars: Hub ids, licenses, tags. Anything else, and anything
+#: YAML would read as another type (numbers, booleans, null), is written JSON-quoted, which YAML
+#: reads as the same string.
+_PLAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:+-]*")
+_NOT_PLAIN = re.compile(r"[-+]?[0-9][0-9._]*([eE][-+]?[0-9]+)?|0[xob][0-9a-fA-F_]+|(?i:y|n|yes|no|true|false|on|off|null)")
 
-    data = ModelCardData(**{k: v for k, v in fields.items() if v is not None})
-    return f"---\n{data.to_yaml()}\n---\n"
+
+def _scalar(v: str) -> str:
+    v = str(v)
+    return v if _PLAIN.fullmatch(v) and not _NOT_PLAIN.fullmatch(v) else json.dumps(v)
+
+
+def _front_matter(**fields: Any) -> str:
+    """YAML front matter of strings and lists of strings (``None`` fields are left out), in the
+    layout of ``huggingface_hub.ModelCardData.to_yaml()``; written here because importing
+    huggingface_hub's card module costs ~40 ms, more than merging a small model's tickets."""
+    lines = ["---"]
+    for k, v in fields.items():
+        if v is None:
+            continue
+        if isinstance(v, (list, tuple)):
+            lines += [f"{k}:"] + [f"- {_scalar(x)}" for x in v]
+        else:
+            lines.append(f"{k}: {_scalar(v)}")
+    return "\n".join(lines) + "\n---\n"
 
 
 def _human_bytes(n: int) -> str:

@@ -734,7 +734,7 @@ def merge(base: Any, tickets: Sequence[Any], out_dir: str | os.PathLike, *, para
                 copy_model_files(src.path, tmp, exclude=("README.md",))
                 if dtype is not None:
                     _set_config_dtype(Path(tmp) / "config.json", dtype)
-            _write_card(tmp, record)
+            (Path(tmp) / "README.md").write_text(_card_text(record))
             (Path(tmp) / "lotavec_merge.json").write_text(json.dumps(record, indent=2, default=str))
             written = writer.total_size
         return MergeResult(os.fspath(out_dir), len(names), len(touched), changed, time.perf_counter() - t0,
@@ -881,11 +881,10 @@ def _record(src, tks, params, dtype, base_ref, ticket_refs, notes, warnings, cha
     }
 
 
-def _write_card(folder: str | os.PathLike, record: dict) -> None:
-    try:
-        from ..card import merged_card
-    except ImportError:  # pragma: no cover - card module is part of the package
-        return
+def _card_text(record: dict) -> str:
+    """The merged folder's README.md (model card) for a merge record."""
+    from ..card import merged_card
+
     base = {k: v for k, v in record["base"].items() if v is not None}
     tickets = [{k: v for k, v in t.items() if k in ("repo_id", "revision_sha", "path") and v is not None}
                for t in record["tickets"]]
@@ -894,7 +893,6 @@ def _write_card(folder: str | os.PathLike, record: dict) -> None:
         if weights:
             t["weight"] = weights[i]
     try:
-        text = merged_card(base, tickets, record["params"]["method"], record["params"])
+        return merged_card(base, tickets, record["params"]["method"], record["params"])
     except (TypeError, KeyError, ValueError) as e:  # keep merges working if the card API changes
         raise ModelError(f"could not build the model card: {e}") from e
-    (Path(folder) / "README.md").write_text(text)

@@ -137,3 +137,22 @@ def test_download_bar_is_silent_and_reports_bytes(capsys):
     assert calls == [("download t", 40, 100), ("download t", 100, 100)]
     out = capsys.readouterr()
     assert out.out == "" and out.err == ""
+
+
+@pytest.mark.parametrize("value", ["org/model", "apache-2.0", "base_model:adapter:a/b", "yes", "No", "null", "~",
+                                   "1.0", "2", "1e5", "0x1F", "-x", "a: b", "#tag", "[a]", "{a}", "é-model", "it's",
+                                   'say "hi"', "trailing ", " lead", "", "multi\nline", "back\\slash", "*alias",
+                                   "&anchor", "!tag", "%pct", "@at", "`tick`", "a,b", "?q", "|pipe", ">fold"])
+def test_front_matter_reads_back_as_the_same_strings(value):
+    """lotavec writes the front matter itself (no huggingface_hub import on every merge): every
+    string, including ones YAML would read as another type, reads back unchanged with PyYAML and
+    with huggingface_hub's ModelCard."""
+    import yaml
+    from huggingface_hub import ModelCard
+
+    from lotavec.card import _front_matter
+
+    text = _front_matter(base_model=[value, "org/base"], license=value, tags=["lotavec", value], absent=None)
+    data = yaml.safe_load(text.split("---\n")[1])
+    assert data == {"base_model": [value, "org/base"], "license": value, "tags": ["lotavec", value]}
+    assert ModelCard(text + "\nbody\n").data.to_dict()["base_model"] == [value, "org/base"]
