@@ -62,6 +62,8 @@ SIGNATURES: dict[str, dict[str, tuple]] = {
         "lv_ctx_free": (None, [_P]),
         "lv_sum_coded": (_I64, [_P, _P, _I64, _I32, _I32, _I32, _P, _P, _I64, _I64, _I32, _P, _P, _I64, _I64, _I32,
                                 _P, _I32, _I64, _P]),
+        "lv_ctx_decode": (_I64, [_P, _P, _P, _I64, _I64, _I32, _I32, _I32, _P]),
+        "lv_gaps_indices": (None, [_I64, _P, _P, _P, _P, _P]),
         "lv_abi": (_I32, []),
         "lv_crc32": (_U32, [_P, _I64, _U32, _I32]),
         "lv_mutex_new": (_P, []),

@@ -652,6 +652,33 @@ int64_t lv_sum_coded(void *ctx, const void *base_, int64_t n, int32_t width, int
                      fd, foff, lock);
 }
 
+/* Decode one ticket's tensor (chunk records as for lv_sum_coded) into c's first slot, for the
+ * kernels that read gap-coded chunks (lv_delta_hist_g, lv_topk_g): out[0..4] = the addresses of
+ * the chunk starts, counts, gap widths, gap plane pointers and the payload, valid until c's next
+ * decode. Returns 0, the failing chunk + 1 (left to the Python codecs), or -1 out of memory. */
+int64_t lv_ctx_decode(void *ctx, const uint8_t *blob, const int64_t *rec, int64_t nrec, int64_t nnz, int32_t width,
+                      int32_t is_bf16, int32_t raw, int64_t *out) {
+    lv_ctx *c = (lv_ctx *)ctx;
+    uint32_t expmask = width == 2 ? (is_bf16 ? 0x7F80u : 0x7C00u) : 0x7F800000u;
+    const int64_t *st = NULL, *cn = NULL;
+    const int32_t *wd = NULL;
+    const uint8_t *const *pl = NULL;
+    int64_t bad = lv_decode_slot(c, 0, blob, rec, nrec, nnz, width, raw, expmask, &st, &cn, &wd, &pl);
+    if (bad) return bad;
+    out[0] = (int64_t)(intptr_t)st; out[1] = (int64_t)(intptr_t)cn; out[2] = (int64_t)(intptr_t)wd;
+    out[3] = (int64_t)(intptr_t)pl; out[4] = (int64_t)(intptr_t)c->pay[0].p;
+    return 0;
+}
+
+/* The flat indices (int64) of a mask given as gap-coded chunks (see lv_cursor), in order. */
+void lv_gaps_indices(int64_t nchunks, const int64_t *start, const int64_t *cnt, const int32_t *width,
+                     const uint8_t *const *gaps, int64_t *out) {
+    for (int64_t k = 0; k < nchunks; k++) {
+        lv_gaps_decode(gaps[k], width[k], cnt[k], start[k], out);
+        out += cnt[k];
+    }
+}
+
 /* The exact `sum` of T lossless tickets into one tensor, fused and in cache-sized blocks (the
  * numpy twin is lotavec.merge.engine._exact_sum_values):
  *   out = base, then per entry: one ticket touches it -> the fine-tuned bits (ulpdiff: base + diff,

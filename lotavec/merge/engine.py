@@ -604,19 +604,70 @@ def _gapped_sum(lib, name: str, flat: np.ndarray, dtype: str, parts: list[tuple[
     return int(changed)
 
 
+def _trims_from_gaps(dtype: str, tks: list[Ticket], params: MergeParams) -> bool:
+    """Whether TIES-style methods (per-tensor magnitude trim, then the compiled consensus) take
+    :func:`_gapped_trims` for a tensor of ``dtype`` (BF16/F32)."""
+    spec = get_method(params.method)
+    return (spec.consensus and spec.sparsify == "magnitude" and params.scope == "tensor" and len(tks) <= 64
+            and dtype in ("BF16", "F32"))
+
+
 def _trim_gap_parts(name: str, dtype: str, tks: list[Ticket], params: MergeParams
                     ) -> list[tuple[int, Ticket, GapCoded]] | None:
-    """:func:`_live_gap_coded` when TIES (per-tensor magnitude trim, then the compiled consensus)
-    can take :func:`_gapped_trims` (BF16/F32), else ``None``."""
-    spec = get_method(params.method)
-    if not (spec.consensus and spec.sparsify == "magnitude" and params.scope == "tensor") or len(tks) > 64:
-        return None
-    if dtype not in ("BF16", "F32"):
-        return None
-    return _live_gap_coded(name, tks)
+    """:func:`_live_gap_coded` when :func:`_trims_from_gaps`, else ``None``."""
+    return _live_gap_coded(name, tks) if _trims_from_gaps(dtype, tks, params) else None
 
 
-def _gapped_trims(lib, name: str, flat: np.ndarray, dtype: str, parts: list[tuple[int, Ticket, GapCoded]],
+class _SlotDecoded:
+    """One ticket's tensor decoded by ``lv_ctx_decode`` into a worker's context: what
+    :func:`_gapped_trims` reads of a :class:`GapCoded`, valid until the context decodes again."""
+
+    def __init__(self, addrs: np.ndarray, nchunks: int, nnz: int, dtype: str):
+        self._args = (nchunks, *(int(a) for a in addrs[:4]))
+        bits = np.dtype(BITS[dtype])
+        self._nnz = nnz
+        self.payload = (np.frombuffer((ctypes.c_char * (nnz * bits.itemsize)).from_address(int(addrs[4])), bits)
+                        if nnz else np.empty(0, bits))
+
+    def kernel_args(self) -> tuple[tuple, Any]:
+        return self._args, self
+
+    def indices(self) -> np.ndarray:
+        out = np.empty(self._nnz, np.int64)
+        native.kernels("codec").lv_gaps_indices(*self._args, native.ptr(out))
+        return out
+
+
+def _coded_trim_parts(lib, ctx: int, name: str, dtype: str, tks: list[Ticket], params: MergeParams
+                      ) -> list[tuple[int, Ticket, Callable[[], Any]]] | None:
+    """The tickets touching ``name``, each with a function that decodes it in the worker's
+    context ``ctx`` (``lv_ctx_decode``: checksums, zstd, mask and value checks in C, one ticket
+    at a time), when :func:`_trims_from_gaps` and every such ticket's chunks are ones the compiled
+    decoders read; else ``None``. A chunk they do not accept is decoded by the Python codecs,
+    which raise the typed error."""
+    if not _trims_from_gaps(dtype, tks, params):
+        return None
+    live = [(i, t) for i, t in enumerate(tks) if name in t]
+    recs = [t._file.chunk_records(name) if t._file is not None else None for _, t in live]
+    if not live or any(r is None for r in recs):
+        return None
+
+    def decode(t: Ticket, rec: np.ndarray, blob: np.ndarray) -> Any:
+        nnz = t.info(name)["nnz"]
+        addrs = np.zeros(5, np.int64)
+        if lib.lv_ctx_decode(ctx, native.ptr(blob), native.ptr(rec), rec.shape[0], nnz, np.dtype(BITS[dtype]).itemsize,
+                             int(dtype == "BF16"), _raw_flag(t, name), native.ptr(addrs)) == 0:
+            t._file.done(name)
+            return _SlotDecoded(addrs, rec.shape[0], nnz, dtype)
+        g = t.gap_coded(name)  # the Python codecs raise the typed error for a corrupt chunk
+        if g is None:  # pragma: no cover - chunk_records admits only gap-coded chunks
+            raise CorruptTicketError(f"{t.path}: tensor {name!r} could not be decoded")
+        return g
+
+    return [(i, t, (lambda t=t, r=r: decode(t, *r))) for (i, t), r in zip(live, recs)]
+
+
+def _gapped_trims(lib, name: str, flat: np.ndarray, dtype: str, parts: list[tuple[int, Ticket, Any]],
                   n_tickets: int, params: MergeParams, buffers: _Buffers, used: list[np.ndarray]
                   ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Each ticket's trimmed deltas (Tᵢ: flat indices, float32 values), as
@@ -637,6 +688,8 @@ def _gapped_trims(lib, name: str, flat: np.ndarray, dtype: str, parts: list[tupl
     prep: list[tuple[np.ndarray, np.ndarray]] = [(np.empty(0, idx_t), np.empty(0, np.float32))] * n_tickets
     hist = np.empty(1 << 16, np.uint32)
     for i, t, g in parts:
+        if callable(g):  # decoded now, one ticket at a time (see _coded_trim_parts)
+            g = g()
         chunks, _alive = g.kernel_args()  # held until this ticket's kernels have returned
         pl = np.ascontiguousarray(g.payload).view(bits)
         n = pl.size
@@ -790,7 +843,10 @@ def _stream(src: TensorSource, tks: list[Ticket], names: list[str], touched: set
             ctx = worker_ctx() if gapped else None
             plan = _coded_plan(n, dtype, tks, params) if ctx else None
             coded = _gap_parts(n, dtype, tks, params) if gapped and plan is None else None
-            tcoded = _trim_gap_parts(n, dtype, tks, params) if gapped and plan is None and coded is None else None
+            tcoded = None
+            if gapped and plan is None and coded is None:
+                tcoded = (_coded_trim_parts(native.kernels("codec"), ctx, n, dtype, tks, params) if ctx else None) \
+                    or _trim_gap_parts(n, dtype, tks, params)
             parts = None
             if plan is None and coded is None and tcoded is None:
                 # one decoding thread per tensor: the pool already works on several tensors at once

@@ -22,7 +22,7 @@ import lotavec.errors as errors
 import lotavec.merge.engine as eng
 from lotavec import native
 from lotavec.errors import LotavecError
-from lotavec.merge import merge
+from lotavec.merge import MergeParams, merge
 from lotavec.ticket import load_ticket
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
@@ -128,20 +128,24 @@ def _reader_error(path: Path) -> LotavecError:
     raise AssertionError(f"{path.name} decodes without an error")
 
 
-def _base_for(ticket_path: Path, tmp_path: Path) -> Path:
+def _base_for(ticket_path: Path, tmp_path: Path, *, raw_on_zeros: bool = False, folder: str = "base") -> Path:
     """A base with the ticket's tensors: the valid fixture's base where the names match one (the
-    invalid vectors are valid ones with one defect), else zeros."""
+    invalid vectors are valid ones with one defect), else zeros. ``raw_on_zeros``: zeros under
+    ``raw`` tensors too (their stored values do not depend on the base; against the fixtures'
+    bases some of their extreme values overflow a float32 delta, which TIES then reports)."""
     with load_ticket(ticket_path) as ticket:
         infos = {n: ticket.info(n) for n in ticket.names}
     known = {t["name"]: t for exp in _expected().values() for t in exp["tensors"]}
     tensors = {}
     for n, info in infos.items():
         t = known.get(n)
+        if raw_on_zeros and info["values"] == "raw":
+            t = None
         if t is not None and t["dtype"] == info["dtype"] and list(t["shape"]) == list(info["shape"]):
             tensors[n] = _as_tensor(t["base_bits"], t["dtype"], t["shape"])
         else:
             tensors[n] = torch.zeros(info["shape"], dtype=_TORCH[info["dtype"]])
-    return _base_folder(tmp_path / "base", tensors)
+    return _base_folder(tmp_path / folder, tensors)
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -237,6 +241,9 @@ def test_degapped_sources_have_no_bitmap_and_merge_as_expected(gap_sources, tmp_
         assert decoded == {t["name"]: True for t in exp["tensors"] if t["values"] != "f32delta"}, name
 
 
+TIES = MergeParams(method="ties", density=0.5, semantics="mergekit")
+
+
 @pytest.mark.parametrize("slug", _gap_invalid_cases())
 def test_defect_in_a_gap_coded_chunk_is_refused_like_the_reader(slug, gap_sources, tmp_path, monkeypatch):
     if not _zstd_in_c():
@@ -251,11 +258,15 @@ def test_defect_in_a_gap_coded_chunk_is_refused_like_the_reader(slug, gap_source
     ticket.write_bytes(data)
     want = _reader_error(ticket)
     base = _base_for(ticket, tmp_path)
+    with pytest.raises(LotavecError) as got:  # TIES decodes each ticket in C too (lv_ctx_decode)
+        merge(_base_for(ticket, tmp_path, raw_on_zeros=True, folder="tbase"), [ticket], tmp_path / "ties", fsync=False,
+              force=True, params=TIES)
+    assert type(got.value) is type(want) and str(got.value) == str(want)
     decoded = _coded_path_coded(monkeypatch)
     with pytest.raises(LotavecError) as got:
         merge(base, [ticket], tmp_path / "out", fsync=False, force=True)
     assert type(got.value) is type(want) and str(got.value) == str(want)
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out").exists() and not (tmp_path / "ties").exists()
     for n, ok in decoded.items():
         assert ok is (f"tensor {n!r}" not in str(want)), n
     with load_ticket(ticket) as t:
@@ -310,8 +321,53 @@ def test_stream_defect_in_a_gap_chunk_is_refused_like_the_reader(defect, gap_sou
     want = _reader_error(ticket)
     assert "tensor 'sparse'" in str(want)
     base = _base_for(ticket, tmp_path)
+    with pytest.raises(LotavecError) as got:  # TIES decodes each ticket in C too (lv_ctx_decode)
+        merge(_base_for(ticket, tmp_path, raw_on_zeros=True, folder="tbase"), [ticket], tmp_path / "ties", fsync=False,
+              force=True, params=TIES)
+    assert type(got.value) is type(want) and str(got.value) == str(want)
     decoded = _coded_path_coded(monkeypatch)
     with pytest.raises(LotavecError) as got:
         merge(base, [ticket], tmp_path / "out", fsync=False, force=True)
     assert type(got.value) is type(want) and str(got.value) == str(want)
-    assert decoded["sparse"] is False and not (tmp_path / "out").exists()
+    assert decoded["sparse"] is False and not (tmp_path / "out").exists() and not (tmp_path / "ties").exists()
+
+
+def test_ties_from_chunks_decoded_in_c_equals_the_python_codecs(gap_sources, tmp_path, monkeypatch):
+    """TIES over the gap-coded vectors: decoding in C (lv_ctx_decode) or with the Python codecs
+    gives the same bytes, and the C decoder took every BF16/F32 tensor it was offered."""
+    if not _zstd_in_c():
+        pytest.skip("libzstd.so.1 is not available: the merge decodes with the Python codecs")
+    made = []
+    real = eng._SlotDecoded.__init__
+
+    def spy(self, *a, **k):
+        made.append(1)
+        real(self, *a, **k)
+
+    for name, data in gap_sources.items():
+        exp = _expected()[name]
+        if not exp["tensors"]:
+            continue
+        root = tmp_path / name
+        root.mkdir()
+        ticket = root / "t.safetensors"
+        ticket.write_bytes(data)
+        base = _base_for(ticket, root, raw_on_zeros=True)
+        with monkeypatch.context() as m:
+            m.setattr(eng._SlotDecoded, "__init__", spy)
+            in_c = _outcome(base, ticket, root / "c")
+        with monkeypatch.context() as m:
+            m.setattr(eng, "_coded_trim_parts", lambda *a, **k: None)
+            in_python = _outcome(base, ticket, root / "py")
+        assert in_c == in_python, name
+    assert len(made) >= 10
+
+
+def _outcome(base: Path, ticket: Path, out: Path) -> tuple:
+    """The merged bytes, or the error (some vectors hold extreme values whose float32 deltas
+    overflow, which TIES reports: both decoders must then report the same)."""
+    try:
+        merge(base, [ticket], out, fsync=False, force=True, params=TIES)
+    except LotavecError as e:
+        return type(e), str(e)
+    return (out / "model.safetensors").read_bytes(),

@@ -478,6 +478,21 @@ def _gap_case(tmp_path, dtypes, n_tickets, seed, bitmap):
     return folder, paths
 
 
+def _choose_decoder(monkeypatch, gate: str, coded: str) -> None:
+    """``gate == coded``: the merge decodes chunks in C (skipped without libzstd.so.1); else the
+    ``coded`` gate is turned off, so the Python codecs decode and ``gate`` decides."""
+    import lotavec.merge.engine as eng
+
+    if gate == coded:
+        lib = native.kernels("codec")
+        ctx = lib.lv_ctx_new()
+        if not ctx:
+            pytest.skip("libzstd.so.1 is not available")
+        lib.lv_ctx_free(ctx)
+    else:
+        monkeypatch.setattr(eng, coded, lambda *a, **k: None)
+
+
 def _merge_fast_and_numpy(monkeypatch, tmp_path, folder, paths, gate: str, params=None):
     """Merge with the compiled kernels (recording, per touched tensor, whether the engine's
     ``gate`` function chose the gap-reading path), then with the numpy paths. Returns
@@ -506,15 +521,7 @@ def _merge_fast_and_numpy(monkeypatch, tmp_path, folder, paths, gate: str, param
 def test_merge_reading_gap_coded_masks_matches_the_numpy_merge(monkeypatch, tmp_path, n_tickets, bitmap, gate):
     """``_coded_plan``: the chunks decoded in C (lv_sum_coded); ``_gap_parts``: decoded by the
     Python codecs, masks left gap-coded (lv_sum2g). Either way the numpy merge's bytes."""
-    import lotavec.merge.engine as eng
-
-    lib = native.kernels("codec")
-    ctx = lib.lv_ctx_new()
-    if gate == "_coded_plan" and not ctx:
-        pytest.skip("libzstd.so.1 is not available")
-    lib.lv_ctx_free(ctx)
-    if gate == "_gap_parts":
-        monkeypatch.setattr(eng, "_coded_plan", lambda *a, **k: None)
+    _choose_decoder(monkeypatch, gate, "_coded_plan")
     folder, paths = _gap_case(tmp_path, ("BF16", "F32"), n_tickets, seed=n_tickets, bitmap=bitmap)
     fast, slow, used = _merge_fast_and_numpy(monkeypatch, tmp_path, folder, paths, gate)
     # every tensor took the gate's kernel; with a bitmap chunk, none did (decoded indices)
@@ -547,14 +554,17 @@ def test_gap_planes_check_the_range_like_decode_mask():
     (0.05, "mergekit", False, {}), (0.05, "peft", False, {}), (0.5, "mergekit", False, {}),
     (0.05, "mergekit", True, {}), (0.05, "mergekit", False, {"lambda_": 0.7, "majority_sign_method": "frequency"}),
     (0.05, "mergekit", False, {"normalize": False})])
+@pytest.mark.parametrize("gate", ["_coded_trim_parts", "_trim_gap_parts"])
 def test_ties_reading_gap_coded_masks_matches_the_numpy_merge(monkeypatch, tmp_path, density, semantics, bitmap,
-                                                              extra):
+                                                              extra, gate):
     """TIES from gap-coded masks (lv_delta_hist_g + lv_topk_g, then the consensus kernel): the same
     bytes as the numpy merge, for a trim (k < stored entries) and for density 0.5 (k ≥ stored
-    entries: every entry kept); with a bitmap chunk the decoded-index path is taken."""
+    entries: every entry kept); with a bitmap chunk the decoded-index path is taken. The chunks
+    are decoded in C (``_coded_trim_parts``) or by the Python codecs (``_trim_gap_parts``)."""
+    _choose_decoder(monkeypatch, gate, "_coded_trim_parts")
     folder, paths = _gap_case(tmp_path, ("BF16", "F32"), 2, seed=7, bitmap=bitmap)
     params = MergeParams(method="ties", density=density, semantics=semantics, weights=(1.0, 0.7), **extra)
-    fast, slow, used = _merge_fast_and_numpy(monkeypatch, tmp_path, folder, paths, "_trim_gap_parts", params)
+    fast, slow, used = _merge_fast_and_numpy(monkeypatch, tmp_path, folder, paths, gate, params)
     assert used and all(u != bitmap for u in used)
     assert (tmp_path / "fast" / "model.safetensors").read_bytes() == (tmp_path / "slow" / "model.safetensors").read_bytes()
     assert fast.changed_entries == slow.changed_entries > 0
