@@ -151,15 +151,19 @@ def ticket_card(summary: Mapping[str, Any], *, repo_id: str | None = None) -> st
 
 def _source(entry: str | Mapping[str, Any]) -> tuple[str, str | None, str | None]:
     """(label, Hub repo id or None, revision or None) of a merge input."""
-    from .hub import cache_ref, parse_ref
-
     if isinstance(entry, str):
+        from .hub import cache_ref, parse_ref
+
         ref = parse_ref(entry) or cache_ref(entry)
         return (ref.repo_id, ref.repo_id, ref.revision) if ref else (entry, None, None)
     repo = entry.get("repo_id")
     rev = entry.get("revision_sha") or entry.get("revision")
     path = entry.get("path") or entry.get("spec")
-    cached = cache_ref(path) if repo is None and path else None
+    cached = None
+    if repo is None and path and "models--" in str(path):  # a Hugging Face cache path (lotavec.hub.cache_ref)
+        from .hub import cache_ref
+
+        cached = cache_ref(path)
     if cached is not None:
         return cached.repo_id, cached.repo_id, rev or cached.revision
     return repo or str(path or "?"), repo, rev

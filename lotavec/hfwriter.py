@@ -165,6 +165,11 @@ class ShardedWriter:
         return self._io_lock
 
     @property
+    def flushes_behind(self) -> bool:
+        """Whether write-back is started as tensors are finished (``flush_behind``)."""
+        return self._flusher is not None
+
+    @property
     def files(self) -> list[Path]:
         """Paths of the shard files (all of them once closed)."""
         return [self.out_dir / s for s in self.shard_names]

@@ -115,6 +115,15 @@ class TensorSource:
     def release(self, name: str) -> None:
         """Drop the memory pages of a tensor that was read (arrays taken before stay valid)."""
 
+    def populate(self, name: str) -> None:
+        """Map the memory pages of a tensor about to be read whole (a hint; see
+        :meth:`SafetensorsFile.populate`)."""
+
+    def address(self, name: str) -> int | None:
+        """Memory address of the tensor's stored bytes where it is memory-mapped (valid until
+        :meth:`close`), for compiled code that reads it; ``None`` for other sources."""
+        return None
+
     def tied_groups(self) -> list[tuple[str, ...]]:
         """Groups of names sharing one storage, the stored name first.
 
@@ -174,6 +183,15 @@ class SafetensorsSource(TensorSource):
         name = self.resolve(name)
         if name in self._where:
             self._files[self._where[name]].advise_done(name)
+
+    def populate(self, name: str) -> None:
+        name = self.resolve(name)
+        if name in self._where:
+            self._files[self._where[name]].populate(name)
+
+    def address(self, name: str) -> int | None:
+        name = self.resolve(name)
+        return self._files[self._where[name]].address(name) if name in self._where else None
 
     def close(self) -> None:
         for f in self._files.values():

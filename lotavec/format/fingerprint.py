@@ -41,7 +41,13 @@ def base_sample(storage: np.ndarray) -> str:
         lib.lv_gather(native.ptr(flat), flat.itemsize, native.ptr(pos), pos.size, native.ptr(sample))
     else:
         sample = np.ascontiguousarray(flat[pos])
-    return hashlib.blake2b(sample.tobytes(), digest_size=16).hexdigest()
+    return sample_digest(sample.tobytes())
+
+
+def sample_digest(sample: bytes | memoryview) -> str:
+    """The sampled fingerprint of gathered elements' little-endian bytes (what :func:`base_sample`
+    hashes; for callers that gather the sample themselves, e.g. the compiled merge)."""
+    return hashlib.blake2b(sample, digest_size=16).hexdigest()
 
 
 def base_digest(storage: np.ndarray) -> str:

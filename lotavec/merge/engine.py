@@ -32,9 +32,10 @@ from ..errors import (
     ModelError,
     TensorMismatchError,
 )
-from ..format.dtypes import BITS, TICKET_DTYPES, from_float32, to_float32
-from ..format.fingerprint import base_digest, base_sample
+from ..format.dtypes import BITS, TICKET_DTYPES, from_float32, storage_dtype, to_float32
+from ..format.fingerprint import SAMPLE_ELEMENTS, base_digest, base_sample, sample_digest
 from ..format.reader import GapCoded, nonfinite_bits
+from ..format.safetensors_io import SafetensorsFile
 from ..hfwriter import ShardedWriter, atomic_output_dir, copy_model_files
 from ..mask import Candidate, select_topk
 from ..models import TensorSource, open_model
@@ -199,9 +200,16 @@ class _BaseChecks:
         wanted = self.wanted.get(name)
         if not wanted:
             return
-        sample = base_sample(arr)
-        digest = base_digest(arr) if self.full else None
-        for k, pos, t, entry in wanted:
+        self.check_sample(name, base_sample(arr), base_digest(arr) if self.full else None)
+
+    def wants_sample(self, name: str) -> bool:
+        """Whether a ticket records the sampled fingerprint of base tensor ``name``."""
+        return any(e.base_sample is not None for _, _, _, e in self.wanted.get(name, ()))
+
+    def check_sample(self, name: str, sample: str, digest: str | None = None) -> None:
+        """:meth:`check` from the tensor's sampled fingerprint (and full digest), computed by the
+        caller (:func:`~lotavec.format.fingerprint.sample_digest` of the gathered entries)."""
+        for k, pos, t, entry in self.wanted.get(name, ()):
             label = t.path or "ticket"
             try:
                 if entry.base_sample is not None and sample != entry.base_sample:
@@ -760,11 +768,10 @@ def merge(base: Any, tickets: Sequence[Any], out_dir: str | os.PathLike, *, para
         checks = _BaseChecks(src, tks, full=verify_base, force=force)
         spec = get_method(params.method)
         global_trims = params.scope == "global" and spec.sparsify == "magnitude"
+        stream_checks: _BaseChecks | None = checks
         if spec.name == "disjoint" or global_trims:
             checks.check_all()  # these read the tickets against the base: a wrong base is reported first
-            check = None
-        else:
-            check = checks.check
+            stream_checks = None
         if spec.name == "disjoint":
             from .compare import check_disjoint_tickets
 
@@ -779,7 +786,7 @@ def merge(base: Any, tickets: Sequence[Any], out_dir: str | os.PathLike, *, para
             io_lock = native.Mutex() if Sink.supported() else None
             writer = ShardedWriter(tmp, plan, max_shard_size=max_shard_size, flush_behind=fsync, io_lock=io_lock)
             changed = _stream(src, tks, names, touched, out_dt, params, trims, writer, threads, progress,
-                              check=check)
+                              checks=stream_checks)
             warnings = checks.warnings()
             writer.close()
             record = _record(src, tks, params, dtype, base_ref, ticket_refs, notes, warnings, changed, names, touched)
@@ -796,9 +803,139 @@ def merge(base: Any, tickets: Sequence[Any], out_dir: str | os.PathLike, *, para
         src.close()
 
 
+class _SumJobs:
+    """The exact ``sum`` of a whole merge as a job table for the compiled ``lv_run_sum`` (see
+    lotavec/_csrc/codec.c): one row per output tensor in file order, untouched tensors copied from
+    the base mapping, touched ones merged from their tickets' compressed chunks, on C threads.
+    Results are checked here in file order, as the thread pool of :func:`_stream` would raise
+    them: base fingerprints (sampled by the C threads before merging), kernel errors, and the
+    tensors left to Python (a chunk the compiled decoders do not accept), which ``run_pool``
+    merges with the Python codecs (typed errors)."""
+
+    # columns of a row (LV_J_* in codec.c)
+    KIND, BASE, N, WIDTH, BF16, FD, FOFF, T = range(8)
+    TICKET0, TICKET1 = 8, 14  # blob, records, record count, nnz, raw flag, blob length
+    NSAMPLE, SAMPLE, CHANGED, ERR, STATE, DONE_AT, COLS = 20, 21, 22, 23, 26, 27, 28
+
+    def __init__(self, names, dtypes, rows, keep, tickets, samples, checks):
+        self.names, self.dtypes, self.keep, self.tickets = names, dtypes, keep, tickets
+        self.samples, self.checks = samples, checks
+        self.table = np.array(rows, np.int64).reshape(len(rows), self.COLS)
+
+    @classmethod
+    def plan(cls, src: TensorSource, tks: list[Ticket], names: list[str], touched: set[str], out_dt: dict[str, str],
+             params: MergeParams, trims, writer: ShardedWriter, checks: _BaseChecks | None) -> _SumJobs | None:
+        """The job table, or ``None`` when some tensor needs the Python paths (another method or
+        output dtype, a source that is not memory-mapped, chunks the compiled decoders do not read,
+        full base digests, or no libzstd.so.1)."""
+        lib = native.kernels("codec")
+        if (lib is None or trims is not None or not _exact_sum(params, len(tks)) or not names
+                or (checks is not None and checks.full) or not isinstance(writer.io_lock, native.Mutex)):
+            return None
+        ctx = lib.lv_ctx_new()
+        if not ctx:
+            return None
+        lib.lv_ctx_free(ctx)
+        rows, keep, tickets, samples = [], [], [], []
+        want = {n for n in names if checks is not None and checks.wants_sample(n)}
+        sample_buf = np.empty(sum(min(src.numel(n), SAMPLE_ELEMENTS) * storage_dtype(src.info(n)[0]).itemsize
+                                  for n in want), np.uint8)
+        at, dtypes = 0, []
+        for n in names:
+            dtype, _ = src.info(n)
+            addr = src.address(n)
+            if addr is None or out_dt[n] != dtype:
+                return None
+            width, numel = storage_dtype(dtype).itemsize, src.numel(n)
+            dtypes.append(dtype)
+            fd, off = writer.target(n)
+            row = [0, addr, numel, width, int(dtype == "BF16"), fd, off, 0] + [0] * (cls.COLS - 8)
+            plan = None
+            if n in touched:
+                plan = _coded_plan(n, dtype, tks, params)
+                if plan is None:
+                    return None
+                row[cls.KIND], row[cls.T] = 1, len(plan)
+                for slot, (_, t, (rec, blob)) in enumerate(plan):
+                    e = t._file.entry(n)
+                    row[cls.TICKET0 + 6 * slot: cls.TICKET0 + 6 * slot + 6] = [
+                        native.ptr(blob), native.ptr(rec), rec.shape[0], e.nnz, int(e.values == "raw"),
+                        blob.nbytes if e.stored_bytes else 0]
+                    keep.append((rec, blob))
+            sample = None
+            if n in want:
+                s = min(numel, SAMPLE_ELEMENTS)
+                sample = sample_buf[at: at + s * width]
+                at += s * width
+                row[cls.NSAMPLE], row[cls.SAMPLE] = s, native.ptr(sample)
+            rows.append(row)
+            tickets.append([i for i, _, _ in plan] if plan else [])
+            samples.append(sample)
+        keep.append(sample_buf)
+        return cls(names, dtypes, rows, keep, tickets, samples, checks)
+
+    def run(self, threads: int, writer: ShardedWriter, progress: Progress, run_pool) -> int:
+        """Run the table; returns the changed entries. Raises as :func:`_stream`."""
+        lib, table, names = native.kernels("codec"), self.table, self.names
+        finished = np.zeros(len(names), bool)
+
+        def call() -> int:
+            # No write lock: with no Python (no GIL) in the threads, the file's own lock in the
+            # kernel serializes the writes with less idle time than waiters asleep on a mutex.
+            return lib.lv_run_sum(native.ptr(table), len(names), threads, None, SafetensorsFile.RELEASE_BATCH)
+
+        def account() -> int:  # tensors done so far: the writer counts them (write-back starts)
+            new = np.flatnonzero((table[:, self.STATE] == 1) & ~finished)
+            for k in new[np.argsort(table[new, self.DONE_AT])]:
+                writer.finish(names[k])
+            finished[new] = True
+            return int(finished.sum())
+
+        if progress is None and writer.flushes_behind is False:
+            call()
+        else:  # follow the C threads from here: progress, and the writer's write-back as it goes
+            with ThreadPoolExecutor(1) as ex:
+                fut = ex.submit(call)
+                while True:
+                    try:
+                        fut.result(timeout=0.02)
+                        break
+                    except TimeoutError:
+                        done = account()
+                        if progress:
+                            progress("merge", done, len(names))
+        account()
+        state = table[:, self.STATE]
+        changed = int(table[state == 1, self.CHANGED].sum())
+        first_bad = None
+        for k, n in enumerate(names):
+            if state[k] and self.samples[k] is not None:  # sampled before merging: as the pool checks
+                try:
+                    self.checks.check_sample(n, sample_digest(self.samples[k].tobytes()))
+                except FingerprintMismatchError:
+                    first_bad = k
+                    break
+            if state[k] == 3:
+                first_bad = k
+                break
+        stop = len(names) if first_bad is None else first_bad
+        todo = [(names[k], bool(state[k] == 2)) for k in range(stop) if state[k] in (0, 2)]
+        if todo:
+            changed += run_pool(todo, int(finished.sum()))  # raises the first error among them
+        if first_bad is not None:
+            n = names[first_bad]
+            if self.samples[first_bad] is not None:
+                self.checks.check_sample(n, sample_digest(self.samples[first_bad].tobytes()))
+            err = table[first_bad, self.ERR: self.ERR + 3]
+            _raise_kernel_error(n, self.dtypes[first_bad], err, self.tickets[first_bad])
+        if progress:
+            progress("merge", len(names), len(names))
+        return changed
+
+
 def _stream(src: TensorSource, tks: list[Ticket], names: list[str], touched: set[str], out_dt: dict[str, str],
             params: MergeParams, trims, writer: ShardedWriter, threads: int | None, progress: Progress,
-            check: Callable[[str, np.ndarray], None] | None = None) -> int:
+            checks: _BaseChecks | None = None) -> int:
     """Write every tensor, on a pool of worker threads, each tensor whole on one worker.
 
     Untouched tensors are written straight from the base's mapped pages; touched ones are
@@ -806,9 +943,14 @@ def _stream(src: TensorSource, tks: list[Ticket], names: list[str], touched: set
     as it is done, while it is in the CPU cache (:class:`Sink`); other paths write the merged
     array. Workers write positionally into the shards (:meth:`ShardedWriter.write_at`), so
     tensors finish in any order; base pages are released as soon as a tensor is written.
-    ``check(name, base_array)`` is called for every touched tensor before it is merged (the
-    base-identity fingerprints; it raises on a mismatch).
+    ``checks.check(name, base_array)`` is called for every touched tensor before it is merged
+    (the base-identity fingerprints; it raises on a mismatch).
+
+    When every tensor is one the compiled kernels copy or merge whole (the exact ``sum`` of
+    tickets they decode, :class:`_SumJobs`), the whole merge runs on C threads instead, with no
+    Python (and no GIL) per tensor.
     """
+    check = checks.check if checks is not None else None
     sinks = Sink.supported()
     # Writers wait for each other asleep on the shared lock: one worker more than cores keeps
     # every core busy while one of them waits.
@@ -829,10 +971,11 @@ def _stream(src: TensorSource, tks: list[Ticket], names: list[str], touched: set
                     ctxs.append(c)
         return c
 
-    def job(n: str) -> int:
+    def job(n: str, checked: bool = False) -> int:
         dtype = src.info(n)[0]
         try:
             if n not in touched:
+                src.populate(n)  # outside the write lock: faulting pages in inside pwrite holds it longer
                 arr = src.array(n)
                 if out_dt[n] != dtype:
                     arr = from_float32(to_float32(arr, dtype), out_dt[n])
@@ -852,7 +995,8 @@ def _stream(src: TensorSource, tks: list[Ticket], names: list[str], touched: set
                 # one decoding thread per tensor: the pool already works on several tensors at once
                 parts = [t.tensor(n, threads=1) if n in t else None for t in tks]
             base_arr = src.array(n)
-            if check is not None:
+            src.populate(n)
+            if check is not None and not checked:
                 check(n, base_arr)
             sink = None
             if sinks:
@@ -889,24 +1033,32 @@ def _stream(src: TensorSource, tks: list[Ticket], names: list[str], touched: set
         finally:
             src.release(n)
 
-    changed = 0
-    try:
+    def run_pool(todo: list[tuple[str, bool]], done: int = 0) -> int:
+        """``job`` for every ``(name, checked)`` on the thread pool; errors in ``todo``'s order."""
+        changed = 0
         with ThreadPoolExecutor(workers) as ex:
-            futures = [ex.submit(job, n) for n in names]  # file order: the base is read front to back
+            futures = [ex.submit(job, n, c) for n, c in todo]  # file order: the base is read front to back
             try:
-                for done, fut in enumerate(futures, 1):
+                for fut in futures:
                     changed += fut.result()
+                    done += 1
                     if progress:
                         progress("merge", done, len(names))
             except BaseException:
                 for f in futures:
                     f.cancel()
                 raise
+        return changed
+
+    try:
+        jobs = _SumJobs.plan(src, tks, names, touched, out_dt, params, trims, writer, checks) if sinks else None
+        if jobs is not None:
+            return jobs.run(min(workers, 64), writer, progress, run_pool)
+        return run_pool([(n, False) for n in names])
     finally:
         lib = native.kernels("codec")
         for c in ctxs:
             lib.lv_ctx_free(c)
-    return changed
 
 
 def _set_config_dtype(path: Path, dtype: str) -> None:

@@ -48,16 +48,27 @@ def _base_folder(root: Path, tensors: dict[str, torch.Tensor]) -> Path:
 
 
 def _coded_path_coded(monkeypatch) -> dict[str, bool]:
-    """Record, per tensor the compiled decoders were offered, whether they decoded it."""
+    """Record, per tensor the compiled decoders were offered, whether they decoded it: on the C
+    threads of a whole-merge job table (``_SumJobs``), or one tensor at a time (``_coded_sum``)."""
     seen: dict[str, bool] = {}
-    real = eng._coded_sum
+    real, real_run = eng._coded_sum, eng._SumJobs.run
 
     def spy(lib, ctx, name, *a, **k):
         r = real(lib, ctx, name, *a, **k)
         seen[name] = r is not None
         return r
 
+    def spy_run(self, *a, **k):
+        try:
+            return real_run(self, *a, **k)
+        finally:
+            t = self.table
+            for n, kind, state in zip(self.names, t[:, self.KIND], t[:, self.STATE]):
+                if kind == 1 and state in (1, 2):
+                    seen[n] = bool(state == 1)
+
     monkeypatch.setattr(eng, "_coded_sum", spy)
+    monkeypatch.setattr(eng._SumJobs, "run", spy_run)
     return seen
 
 
