@@ -1,0 +1,201 @@
+"""The exact ``sum`` on C threads (``lv_run_sum`` over the job table of ``engine._SumJobs``): the
+same bytes, errors and warnings as the Python thread pool, in the same (file) order.
+
+Each test runs a merge both ways: as planned (the C threads), and with the job table turned off
+(``_SumJobs.plan`` returning ``None``: the thread pool of ``engine._stream``)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import lotavec
+import lotavec.merge.engine as eng
+from lotavec import native
+from lotavec.errors import CorruptTicketError, FingerprintMismatchError, LotavecError
+from lotavec.format.fingerprint import sample_positions
+from lotavec.merge import merge
+from lotavec.testing import make_finetuned
+
+pytestmark = pytest.mark.skipif(native.kernels("codec") is None, reason="needs the compiled kernels")
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory, tiny_pair):
+    root = tmp_path_factory.mktemp("pool")
+    base, ft1 = tiny_pair
+    ft2 = make_finetuned(base, root / "ft2", density=0.1, seed=2)
+    a = lotavec.extract(base, ft1, root / "a.lota", density=0.05)
+    c = lotavec.extract(base, ft2, root / "c.lota", density=0.05)  # overlaps a: shared entries summed
+    return {"base": Path(base), "A": a.path, "C": c.path, "root": root}
+
+
+@pytest.fixture
+def runs(monkeypatch):
+    """Record each job table's final states (``None`` when no table was made)."""
+    lib = native.kernels("codec")
+    ctx = lib.lv_ctx_new()
+    if not ctx:
+        pytest.skip("libzstd.so.1 is not available: no job table")
+    lib.lv_ctx_free(ctx)
+    seen: list = []
+    real_plan, real_run = eng._SumJobs.plan.__func__, eng._SumJobs.run
+
+    def plan(cls, *a, **k):
+        jobs = real_plan(cls, *a, **k)
+        if jobs is None:
+            seen.append(None)
+        return jobs
+
+    def run(self, *a, **k):
+        try:
+            return real_run(self, *a, **k)
+        finally:
+            seen.append(self.table[:, self.STATE].copy())
+
+    monkeypatch.setattr(eng._SumJobs, "plan", classmethod(plan))
+    monkeypatch.setattr(eng._SumJobs, "run", run)
+    return seen
+
+
+def _both(monkeypatch, fn):
+    """``fn(label)`` on the C threads, then on the thread pool; the two outcomes."""
+    out = [_outcome(fn, "c")]
+    with monkeypatch.context() as m:
+        m.setattr(eng._SumJobs, "plan", classmethod(lambda cls, *a, **k: None))
+        out.append(_outcome(fn, "py"))
+    return out
+
+
+def _outcome(fn, label):
+    try:
+        return "ok", fn(label)
+    except LotavecError as e:
+        return type(e), str(e)
+
+
+def _bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.safetensors"))}
+
+
+def test_sum_runs_whole_on_c_threads_with_the_thread_pools_bytes(kit, tmp_path, monkeypatch, runs):
+    def go(label):
+        r = merge(kit["base"], [kit["A"], kit["C"]], tmp_path / label, fsync=False)
+        return r.changed_entries, _bytes(tmp_path / label)
+
+    c, py = _both(monkeypatch, go)
+    assert c == py and c[0] == "ok" and c[1][0] > 0
+    assert len(runs) == 1 and (runs[0] == 1).all()  # every tensor done on the C threads
+    with monkeypatch.context() as m:  # and the numpy merge
+        m.setenv(native.ENV, "0")
+        r = merge(kit["base"], [kit["A"], kit["C"]], tmp_path / "np", fsync=False)
+    assert (r.changed_entries, _bytes(tmp_path / "np")) == c[1]
+
+
+def test_progress_and_write_back_follow_the_c_threads(kit, tmp_path, monkeypatch, runs):
+    """Progress is reported while the C threads work (and the writer starts write-back, with
+    fsync), ending at every tensor; the output is the thread pool's."""
+    seen = []
+
+    def go(label):
+        seen.clear()
+        merge(kit["base"], [kit["A"], kit["C"]], tmp_path / label, progress=lambda *a: seen.append(a))
+        steps = [(d, t) for s, d, t in seen if s == "merge"]
+        assert steps and steps[-1][0] == steps[-1][1] and [d for d, _ in steps] == sorted(d for d, _ in steps)
+        return _bytes(tmp_path / label)
+
+    c, py = _both(monkeypatch, go)
+    assert c == py and c[0] == "ok"
+    assert runs[0] is not None and (runs[0] == 1).all()
+
+
+def _edited_base(kit, root: Path, name: str, positions: np.ndarray, step: int) -> Path:
+    """A copy of the base with tensor ``name``'s entries at ``positions`` moved by ``step`` in
+    their bit patterns."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    out = root / "edited"
+    shutil.copytree(kit["base"], out)
+    st = out / "model.safetensors"
+    t = load_file(st)
+    bits = t[name].reshape(-1).view(torch.int16).numpy().copy()
+    bits[positions] = (bits[positions].view(np.uint16) + step).view(np.int16)
+    t[name] = torch.from_numpy(bits).view(torch.bfloat16).reshape(t[name].shape)
+    save_file(t, st, metadata={"format": "pt"})
+    return out
+
+
+def _inf_ticket(kit, root: Path) -> tuple[str, int, Path]:
+    """A one-tensor ticket whose fine-tuned value at one entry is the largest finite BF16; on a
+    base whose entry there is one bit pattern higher, applying it gives +Inf."""
+    from lotavec.models import open_model
+    from lotavec.ticket import Ticket, TicketTensor
+
+    with open_model(kit["base"]) as src:
+        name = next(n for n in src.names() if n.endswith("mlp.up_proj.weight"))
+        base = np.array(src.array(name))
+    flat = base.reshape(-1)
+    # an entry off the fingerprint's sample positions (every other one here) holding a positive
+    # value, so that one pattern up is still finite in the edited base
+    idx = np.array([int(np.flatnonzero(flat[1::2] < 0x7F00)[7]) * 2 + 1], np.int64)
+    ft = flat.copy()
+    ft[idx] = 0x7F7F
+    tt = TicketTensor.from_finetuned(name, base, ft[idx], idx, "BF16", values="ulpdiff")
+    p = root / "inf.lota"
+    Ticket([tt]).save(p)
+    return name, int(idx[0]), p
+
+
+def test_a_non_finite_result_is_reported_like_the_thread_pool(kit, tmp_path, monkeypatch, runs):
+    name, i, ticket = _inf_ticket(kit, tmp_path)
+    positions = sample_positions(int(np.prod(lotavec.load_ticket(ticket).info(name)["shape"])))
+    assert i not in positions  # the fingerprint still matches: the kernel reports the Inf
+    base = _edited_base(kit, tmp_path, name, np.array([i]), 1)
+    c, py = _both(monkeypatch, lambda label: merge(base, [ticket], tmp_path / label, fsync=False))
+    assert c == py and c[0] is CorruptTicketError and f"non-finite value at flat index {i}" in c[1]
+    assert runs[0] is not None and 3 in runs[0]  # failed on the C threads
+    assert not (tmp_path / "c").exists() and not (tmp_path / "py").exists()
+
+
+def test_a_wrong_base_is_reported_before_the_kernels_error_of_the_same_tensor(kit, tmp_path, monkeypatch, runs):
+    """The base's entry at a fingerprint sample position differs, and applying the ticket there
+    gives +Inf: the fingerprint mismatch is reported (or, with ``force``, kept as a warning and
+    the Inf reported), as the thread pool does, which checks each tensor before merging it."""
+    name, i, ticket = _inf_ticket(kit, tmp_path)
+    positions = sample_positions(int(np.prod(lotavec.load_ticket(ticket).info(name)["shape"])))
+    base = _edited_base(kit, tmp_path, name, np.array([i, int(positions[3])]), 1)
+    c, py = _both(monkeypatch, lambda label: merge(base, [ticket], tmp_path / label, fsync=False))
+    assert c == py and c[0] is FingerprintMismatchError and name in c[1]
+
+    warned = []
+
+    def forced(label):
+        try:
+            merge(base, [ticket], tmp_path / f"f{label}", fsync=False, force=True)
+        except CorruptTicketError:
+            warned.append(label)
+            raise
+
+    c, py = _both(monkeypatch, forced)
+    assert c == py and c[0] is CorruptTicketError and warned == ["c", "py"]
+
+
+def test_force_on_the_c_threads_warns_once_per_tensor(kit, tmp_path, monkeypatch, runs):
+    from lotavec.testing import make_tiny_model
+
+    other = tmp_path / "other"
+    make_tiny_model("llama", other, seed=5)
+
+    def go(label):
+        r = merge(other, [kit["A"], kit["C"]], tmp_path / label, fsync=False, force=True)
+        return r.warnings, _bytes(tmp_path / label)
+
+    c, py = _both(monkeypatch, go)
+    assert c == py and c[0] == "ok"
+    names = {n for t in (kit["A"], kit["C"]) for n in lotavec.load_ticket(t).names}
+    assert len(c[1][0]) == sum(len(lotavec.load_ticket(t).names) for t in (kit["A"], kit["C"])) >= len(names)
+    assert runs[0] is not None and (runs[0] == 1).all()
