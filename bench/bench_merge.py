@@ -7,6 +7,10 @@ and interleaved ``--repeat`` times, each in its own fresh process:
 
 * **copy floor**: open the base (mmap) and write every tensor out with lotavec's streaming sharded
   writer (no fsync), releasing pages as it goes: read every tensor, write it out;
+* **copy floor --fsync**: the same, flushing the output to disk before renaming it into place, as
+  lotavec's merge does by default (write-back started as tensors are written, then fsync): the
+  floor of a durable copy. The "× floor, same fsync" column divides lotavec's default rows by it
+  and the ``--no-fsync`` rows by the plain floor;
 * **lotavec sum / ties**: ``lotavec.merge(base, [t1, t2], out, params=...)`` (``sum``: weights 1;
   ``ties``: density ``--ties-density``, mergekit semantics, per-tensor trim), all cores; by default
   lotavec fsyncs its output before renaming it into place; the ``--no-fsync`` rows do not (like
@@ -63,14 +67,14 @@ _COPY = """
 import numpy as np
 from lotavec.hfwriter import ShardedWriter, atomic_output_dir, copy_model_files
 from lotavec.models import open_model
-base, out = sys.argv[1], sys.argv[2]
+base, out, fsync = sys.argv[1], sys.argv[2], sys.argv[3] == "fsync"
 r0 = rss()
 start_sampler()
 t, c = time.perf_counter(), time.process_time()
 with open_model(base) as src:
     names = src.names()
-    with atomic_output_dir(out, fsync=False) as tmp:
-        with ShardedWriter(tmp, [(n, *src.info(n)) for n in names], max_shard_size="5GB") as w:
+    with atomic_output_dir(out, fsync=fsync) as tmp:
+        with ShardedWriter(tmp, [(n, *src.info(n)) for n in names], max_shard_size="5GB", flush_behind=fsync) as w:
             for n in names:
                 w.write(n, src.array(n))
                 src.release(n)
@@ -143,7 +147,8 @@ def bench_model(kind: str, repeat: int, density: float, with_mergekit: bool, ski
     warm(inputs)
     cached = page_cache_fraction(inputs)
     tools: dict[str, list[str]] = {
-        "copy floor": python_snippet(_COPY) + [str(base), "{out}"],
+        "copy floor": python_snippet(_COPY) + [str(base), "{out}", "nofsync"],
+        "copy floor --fsync": python_snippet(_COPY) + [str(base), "{out}", "fsync"],
         "lotavec sum": python_snippet(_LOTAVEC) + [str(base), "{out}", "sum", str(density), "fsync", *map(str, tks)],
         "lotavec sum --no-fsync": python_snippet(_LOTAVEC) + [str(base), "{out}", "sum", str(density), "nofsync",
                                                              *map(str, tks)],
@@ -201,20 +206,25 @@ def table(rows: list[dict], repeat: int, density: float) -> str:
         f"{repeat} interleaved runs; {datetime.date.today()}, {os.cpu_count()} cores, {platform.machine()}, "
         f"load avg {os.getloadavg()[0]:.1f} at the end.",
         "",
-        "| model | tool | wall | × copy floor | CPU | × floor CPU | process wall | peak RSS | RSS before "
-        "| × mergekit RSS | own anon / mapped files (sampled) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | tool | wall | × copy floor | × floor, same fsync | CPU | × floor CPU | process wall | peak RSS "
+        "| RSS before | × mergekit RSS | own anon / mapped files (sampled) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         fw, fc = r["work"]["copy floor"], r["cpu"]["copy floor"]
+        ff = r["work"].get("copy floor --fsync")
         mk = {"lotavec sum": "mergekit task_arithmetic", "lotavec ties": "mergekit ties",
               "lotavec sum --no-fsync": "mergekit task_arithmetic", "lotavec ties --no-fsync": "mergekit ties"}
         for tool in r["work"]:
             peer = mk.get(tool)
             rel = (f"{r['peak'][tool] / r['peak'][peer]:.2f}" if peer in r["peak"] else "–")
+            # lotavec's default (no "--no-fsync") flushes its output to disk, like "copy floor --fsync"
+            durable = tool.startswith("lotavec") and "--no-fsync" not in tool or tool == "copy floor --fsync"
+            same = ff if durable else fw
+            like = f"**{r['work'][tool] / same:.2f}×**" if same and not tool.startswith("mergekit") else "–"
             lines.append(
                 f"| {r['kind']} ({r['bytes'] / 1e9:.2f} GB, {r['cached']:.0%} cached) | {tool} "
-                f"| {r['work'][tool]:.2f} s | **{r['work'][tool] / fw:.2f}×** | {r['cpu'][tool]:.2f} s "
+                f"| {r['work'][tool]:.2f} s | {r['work'][tool] / fw:.2f}× | {like} | {r['cpu'][tool]:.2f} s "
                 f"| {r['cpu'][tool] / fc:.2f}× | {r['process'][tool]:.2f} s | {fmt_mb(r['peak'][tool])} "
                 f"| {fmt_mb(r['before'][tool])} | {rel} | {fmt_mb(r['anon'][tool])} / {fmt_mb(r['file'][tool])} |")
     lines.append("")

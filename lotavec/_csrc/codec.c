@@ -522,6 +522,7 @@ typedef struct {
     void *dctx;
     lv_buf gaps[2], pay[2], meta[2], vals;
     uint8_t *window, *mark;
+    lv_buf delta, hist, tidx[2], tval[2], stash, seen;  /* TIES jobs of lv_run_sum */
 } lv_ctx;
 
 void lv_ctx_free(void *c_) {
@@ -530,8 +531,11 @@ void lv_ctx_free(void *c_) {
 #ifndef _WIN32
     if (c->dctx) lv_zstd.destroy((lv_zstd_dctx *)c->dctx);
 #endif
-    for (int t = 0; t < 2; t++) { free(c->gaps[t].p); free(c->pay[t].p); free(c->meta[t].p); }
-    free(c->vals.p); free(c->window); free(c->mark); free(c);
+    for (int t = 0; t < 2; t++) {
+        free(c->gaps[t].p); free(c->pay[t].p); free(c->meta[t].p); free(c->tidx[t].p); free(c->tval[t].p);
+    }
+    free(c->vals.p); free(c->window); free(c->mark);
+    free(c->delta.p); free(c->hist.p); free(c->stash.p); free(c->seen.p); free(c);
 }
 
 /* A decoding context, or NULL where libzstd.so.1 is not available (or memory is short). */
@@ -1194,6 +1198,12 @@ int32_t lv_populate(const void *addr, int64_t len) { (void)addr; (void)len; retu
  * thread waits for the GIL. Pages of the base and tickets are given back (MADV_DONTNEED) in batches
  * of `release` bytes once every job before them is done.
  *
+ * Kind 2 is TIES (exactly two tickets in the merge; `rule` = weights w0, w1, then the consensus
+ * rule of lv_consensus2: peft, total, normalize, lambda, apply lambda): each live ticket (slot s,
+ * ticket index J_TIX<s>) is decoded, its float32 deltas and magnitude histogram computed
+ * (lv_delta_hist_g), its top J_K<s> kept (lv_topk_g; all of them when J_K<s> >= its entries), then
+ * lv_consensus2 writes the result; errors name the ticket index (err[1]).
+ *
  * A job's outcome: J_STATE 1 done, 2 left to the caller (a chunk the compiled decoders do not
  * accept, err 5: the Python codecs decode it and raise the typed error), 3 failed (err as
  * lv_sum2; the caller checks that job's fingerprint first, then raises), 0 not run (a job before
@@ -1202,7 +1212,8 @@ int32_t lv_populate(const void *addr, int64_t len) { (void)addr; (void)len; retu
 enum { LV_J_KIND, LV_J_BASE, LV_J_N_, LV_J_WIDTH, LV_J_BF16, LV_J_FD, LV_J_FOFF, LV_J_T,
        LV_J_BLOB0, LV_J_REC0, LV_J_NREC0, LV_J_NNZ0, LV_J_RAW0, LV_J_BLEN0,
        LV_J_BLOB1, LV_J_REC1, LV_J_NREC1, LV_J_NNZ1, LV_J_RAW1, LV_J_BLEN1,
-       LV_J_NSAMPLE, LV_J_SAMPLE, LV_J_CHANGED, LV_J_ERR0, LV_J_ERR1, LV_J_ERR2, LV_J_STATE, LV_J_DONE_AT, LV_J_N };
+       LV_J_NSAMPLE, LV_J_SAMPLE, LV_J_CHANGED, LV_J_ERR0, LV_J_ERR1, LV_J_ERR2, LV_J_STATE, LV_J_DONE_AT,
+       LV_J_K0, LV_J_K1, LV_J_TIX0, LV_J_TIX1, LV_J_N };
 
 int32_t lv_populate(const void *addr, int64_t len);
 int32_t lv_release(const void *addr, int64_t len);
@@ -1213,6 +1224,7 @@ typedef struct { uintptr_t a, b; } lv_range;
 typedef struct {
     int64_t *jobs; int64_t njobs;
     void *lock; int64_t release;
+    const double *rule;                /* TIES jobs: weights and consensus rule */
     int64_t next, stop, done_count;   /* next job to take; first failed job (njobs if none) */
     pthread_mutex_t mu;                /* guards the release state below and stop */
     int64_t prefix;                    /* jobs [0, prefix) are finished (any state) */
@@ -1290,6 +1302,72 @@ static void lv_gather_sample(const uint8_t *base, int64_t n, int width, int64_t 
     }
 }
 
+int64_t lv_delta_hist_g(const void *base_, int64_t nchunks, const int64_t *start, const int64_t *cnt,
+                        const int32_t *wid, const uint8_t *const *gaps, const void *payload, int32_t width,
+                        int32_t mode, float *out, uint32_t *hist);
+int64_t lv_topk_g(const float *x, int64_t n, int64_t k, uint32_t *hist, int64_t nchunks, const int64_t *start,
+                  const int64_t *cnt, const int32_t *wid, const uint8_t *const *gaps, void *out_idx,
+                  float *out_val, int32_t idx32);
+int64_t lv_consensus2(void *out_, const void *base_, int64_t n, int32_t width,
+                      const void *i0, const float *x0, int64_t n0, const void *i1, const float *x1, int64_t n1,
+                      float w0, float w1, int32_t peft, int32_t total, int32_t normalize, float lam, int32_t apply_lam,
+                      int64_t *err, float *stash, uint8_t *seen, int32_t fd, int64_t foff, void *lock, int32_t idx32);
+
+/* One TIES job (kind 2, see above); returns the changed entries, err as lv_run_sum's jobs. */
+static int64_t lv_ties_job(lv_ctx *c, const int64_t *r, const double *rule, int64_t *err, void *lock) {
+    const uint8_t *base = (const uint8_t *)(uintptr_t)r[LV_J_BASE];
+    int64_t n = r[LV_J_N_];
+    int32_t w = (int32_t)r[LV_J_WIDTH];
+    uint32_t expmask = w == 2 ? (r[LV_J_BF16] ? 0x7F80u : 0x7C00u) : 0x7F800000u;
+    int idx32 = n < ((int64_t)1 << 31);
+    size_t isz = idx32 ? 4 : 8;
+    int64_t kept[2] = {0, 0};
+    err[0] = 0;
+    if (lv_grow(&c->hist, 65536 * sizeof(uint32_t)) || lv_grow(&c->stash, LV_BLOCK * sizeof(float))
+        || lv_grow(&c->seen, LV_BLOCK) || lv_grow(&c->tidx[0], 8) || lv_grow(&c->tidx[1], 8)
+        || lv_grow(&c->tval[0], 8) || lv_grow(&c->tval[1], 8)) { err[0] = 6; return 0; }
+    for (int s = 0; s < (int)r[LV_J_T]; s++) {
+        const int64_t *tk = r + (s ? LV_J_BLOB1 : LV_J_BLOB0);  /* blob, records, count, nnz, raw, length */
+        int64_t tix = r[LV_J_TIX0 + s], nnz = tk[3], k = r[LV_J_K0 + s];
+        const int64_t *st = NULL, *cn = NULL;
+        const int32_t *wd = NULL;
+        const uint8_t *const *pl = NULL;
+        int64_t bad = lv_decode_slot(c, 0, (const uint8_t *)(uintptr_t)tk[0], (const int64_t *)(uintptr_t)tk[1],
+                                     tk[2], nnz, w, (int32_t)tk[4], expmask, &st, &cn, &wd, &pl);
+        if (bad) { err[0] = bad < 0 ? 6 : 5; err[1] = s; err[2] = bad - 1; return 0; }
+        if (lv_grow(&c->delta, (size_t)nnz * sizeof(float) + 4)) { err[0] = 6; return 0; }
+        float *d = (float *)c->delta.p;
+        uint32_t *hist = (uint32_t *)c->hist.p;
+        bad = lv_delta_hist_g(base, tk[2], st, cn, wd, pl, c->pay[0].p, w, (int32_t)tk[4], d, hist);
+        if (bad >= 0) { err[0] = 1; err[1] = tix; err[2] = bad; return 0; }
+        if (k <= 0) continue;
+        int64_t m = k < nnz ? k : nnz;
+        if (lv_grow(&c->tidx[tix], (size_t)m * isz + 8) || lv_grow(&c->tval[tix], (size_t)m * sizeof(float) + 4)) {
+            err[0] = 6; return 0;
+        }
+        if (k >= nnz) {  /* every entry kept, in order */
+            int64_t j = 0;
+            for (int64_t q = 0; q < tk[2]; q++) {
+                int64_t i = st[q] - 1;
+                for (int64_t e = 0; e < cn[q]; e++, j++) {
+                    i += (int64_t)lv_gap_at(pl[q], wd[q], cn[q], e) + 1;
+                    if (idx32) ((int32_t *)c->tidx[tix].p)[j] = (int32_t)i; else ((int64_t *)c->tidx[tix].p)[j] = i;
+                }
+            }
+            memcpy(c->tval[tix].p, d, (size_t)nnz * sizeof(float));
+            kept[tix] = nnz;
+        } else {
+            kept[tix] = lv_topk_g(d, nnz, k, hist, tk[2], st, cn, wd, pl, c->tidx[tix].p, (float *)c->tval[tix].p,
+                                  idx32);
+        }
+    }
+    memset(c->seen.p, 0, LV_BLOCK);
+    return lv_consensus2(c->window, base, n, w, c->tidx[0].p, (const float *)c->tval[0].p, kept[0], c->tidx[1].p,
+                         (const float *)c->tval[1].p, kept[1], (float)rule[0], (float)rule[1], (int32_t)rule[2],
+                         (int32_t)rule[3], (int32_t)rule[4], (float)rule[5], (int32_t)rule[6], err,
+                         (float *)c->stash.p, c->seen.p, (int32_t)r[LV_J_FD], r[LV_J_FOFF], lock, idx32);
+}
+
 static void *lv_pool_worker(void *arg) {
     lv_pool *p = (lv_pool *)arg;
     lv_ctx *c = (lv_ctx *)lv_ctx_new();
@@ -1311,6 +1389,10 @@ static void *lv_pool_worker(void *arg) {
             lv_gather_sample(base, n, (int)w, r[LV_J_NSAMPLE], (uint8_t *)(uintptr_t)r[LV_J_SAMPLE]);
         if (r[LV_J_KIND] == 0) {
             if (lv_copy_out(base, n * w, (int)r[LV_J_FD], r[LV_J_FOFF], p->lock, err)) state = 3;
+        } else if (r[LV_J_KIND] == 2) {
+            r[LV_J_CHANGED] = lv_ties_job(c, r, p->rule, err, p->lock);
+            if (err[0] == 5 || err[0] == 6) state = 2;
+            else if (err[0]) state = 3;
         } else {
             r[LV_J_CHANGED] = lv_sum_coded(
                 c, base, n, (int32_t)w, (int32_t)r[LV_J_BF16], (int32_t)r[LV_J_T],
@@ -1335,10 +1417,10 @@ static void *lv_pool_worker(void *arg) {
 
 /* Run the job table on nthreads threads (see above). Returns 0, or -1 when no thread could be
  * started or memory was short (jobs not run keep state 0: the caller runs them itself). */
-int32_t lv_run_sum(int64_t *jobs, int64_t njobs, int32_t nthreads, void *lock, int64_t release) {
+int32_t lv_run_sum(int64_t *jobs, int64_t njobs, int32_t nthreads, void *lock, int64_t release, const double *rule) {
     lv_pool p;
     memset(&p, 0, sizeof p);
-    p.jobs = jobs; p.njobs = njobs; p.lock = lock; p.release = release; p.stop = njobs;
+    p.jobs = jobs; p.njobs = njobs; p.lock = lock; p.release = release; p.stop = njobs; p.rule = rule;
     p.finished = (uint8_t *)calloc((size_t)(njobs > 0 ? njobs : 1), 1);
     pthread_t *th = (pthread_t *)calloc((size_t)(nthreads > 0 ? nthreads : 1), sizeof(pthread_t));
     if (!p.finished || !th) { free(p.finished); free(th); return -1; }
@@ -1363,8 +1445,8 @@ int32_t lv_release(const void *addr, int64_t len) {
     return madvise((void *)a, (size_t)((uintptr_t)addr + (uintptr_t)len - a), MADV_DONTNEED) ? errno : 0;
 }
 #else
-int32_t lv_run_sum(int64_t *jobs, int64_t njobs, int32_t nthreads, void *lock, int64_t release) {
-    (void)jobs; (void)njobs; (void)nthreads; (void)lock; (void)release;
+int32_t lv_run_sum(int64_t *jobs, int64_t njobs, int32_t nthreads, void *lock, int64_t release, const double *rule) {
+    (void)jobs; (void)njobs; (void)nthreads; (void)lock; (void)release; (void)rule;
     return -1;
 }
 int32_t lv_release(const void *addr, int64_t len) { (void)addr; (void)len; return 38; }

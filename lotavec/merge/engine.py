@@ -582,6 +582,20 @@ def _coded_sum(lib, ctx: int, name: str, flat: np.ndarray, dtype: str,
     return int(changed)
 
 
+def _coded_ties_plan(name: str, dtype: str, tks: list[Ticket], params: MergeParams
+                     ) -> list[tuple[int, Ticket, tuple[np.ndarray, np.ndarray]]] | None:
+    """The tickets touching ``name`` with their chunk records when TIES can run on the C threads
+    of :class:`_SumJobs` (:func:`_trims_from_gaps`, two tickets in the merge, chunks the compiled
+    decoders read), else ``None``. Nothing is decoded."""
+    if len(tks) != 2 or not _trims_from_gaps(dtype, tks, params):
+        return None
+    live = [(i, t) for i, t in enumerate(tks) if name in t]
+    recs = [t._file.chunk_records(name) if t._file is not None else None for _, t in live]
+    if not live or any(r is None for r in recs):
+        return None
+    return [(i, t, r) for (i, t), r in zip(live, recs)]
+
+
 def _raw_flag(t: Ticket, name: str) -> int:
     """The kernels' payload mode: 1 when the ticket stores the fine-tuned bits (``raw``), 0 for
     bit-pattern differences (``ulpdiff``)."""
@@ -815,11 +829,13 @@ class _SumJobs:
     # columns of a row (LV_J_* in codec.c)
     KIND, BASE, N, WIDTH, BF16, FD, FOFF, T = range(8)
     TICKET0, TICKET1 = 8, 14  # blob, records, record count, nnz, raw flag, blob length
-    NSAMPLE, SAMPLE, CHANGED, ERR, STATE, DONE_AT, COLS = 20, 21, 22, 23, 26, 27, 28
+    NSAMPLE, SAMPLE, CHANGED, ERR, STATE, DONE_AT = 20, 21, 22, 23, 26, 27
+    K, TIX, COLS = 28, 30, 32  # TIES: entries kept per ticket slot, the slot's ticket index
 
-    def __init__(self, names, dtypes, rows, keep, tickets, samples, checks):
+    def __init__(self, names, dtypes, rows, keep, tickets, samples, checks, rule):
         self.names, self.dtypes, self.keep, self.tickets = names, dtypes, keep, tickets
         self.samples, self.checks = samples, checks
+        self.rule = np.array(rule, np.float64)
         self.table = np.array(rows, np.int64).reshape(len(rows), self.COLS)
 
     @classmethod
@@ -829,9 +845,18 @@ class _SumJobs:
         output dtype, a source that is not memory-mapped, chunks the compiled decoders do not read,
         full base digests, or no libzstd.so.1)."""
         lib = native.kernels("codec")
-        if (lib is None or trims is not None or not _exact_sum(params, len(tks)) or not names
+        exact = _exact_sum(params, len(tks))
+        ties = not exact and len(tks) == 2 and _trims_from_gaps("BF16", tks, params)  # (the dtype is checked below)
+        if (lib is None or trims is not None or not (exact or ties) or not names
                 or (checks is not None and checks.full) or not isinstance(writer.io_lock, native.Mutex)):
             return None
+        rule = [0.0] * 7
+        if ties:  # as _consensus_native passes them
+            peft = params.semantics == "peft"
+            w = np.array([params.weight_of(k) for k in range(2)], np.float32)
+            rule = [float(w[0]), float(w[1]), int(peft), int(params.sign_method == "total"),
+                    int(bool(params.resolved_normalize)) if not peft else 0, float(np.float32(params.lambda_)),
+                    int(params.lambda_ != 1.0)]
         ctx = lib.lv_ctx_new()
         if not ctx:
             return None
@@ -852,15 +877,16 @@ class _SumJobs:
             row = [0, addr, numel, width, int(dtype == "BF16"), fd, off, 0] + [0] * (cls.COLS - 8)
             plan = None
             if n in touched:
-                plan = _coded_plan(n, dtype, tks, params)
+                plan = _coded_plan(n, dtype, tks, params) if exact else _coded_ties_plan(n, dtype, tks, params)
                 if plan is None:
                     return None
-                row[cls.KIND], row[cls.T] = 1, len(plan)
-                for slot, (_, t, (rec, blob)) in enumerate(plan):
+                row[cls.KIND], row[cls.T] = (1 if exact else 2), len(plan)
+                for slot, (i, t, (rec, blob)) in enumerate(plan):
                     e = t._file.entry(n)
                     row[cls.TICKET0 + 6 * slot: cls.TICKET0 + 6 * slot + 6] = [
                         native.ptr(blob), native.ptr(rec), rec.shape[0], e.nnz, int(e.values == "raw"),
                         blob.nbytes if e.stored_bytes else 0]
+                    row[cls.K + slot], row[cls.TIX + slot] = int(params.density_of(i) * numel), i
                     keep.append((rec, blob))
             sample = None
             if n in want:
@@ -869,10 +895,11 @@ class _SumJobs:
                 at += s * width
                 row[cls.NSAMPLE], row[cls.SAMPLE] = s, native.ptr(sample)
             rows.append(row)
-            tickets.append([i for i, _, _ in plan] if plan else [])
+            # the tickets kernel errors name: by slot (sum), by ticket index (TIES)
+            tickets.append(([i for i, _, _ in plan] if exact else [0, 1]) if plan else [])
             samples.append(sample)
         keep.append(sample_buf)
-        return cls(names, dtypes, rows, keep, tickets, samples, checks)
+        return cls(names, dtypes, rows, keep, tickets, samples, checks, rule)
 
     def run(self, threads: int, writer: ShardedWriter, progress: Progress, run_pool) -> int:
         """Run the table; returns the changed entries. Raises as :func:`_stream`."""
@@ -887,7 +914,8 @@ class _SumJobs:
         lock = writer.io_lock.ptr if writer.flushes_behind else None
 
         def call() -> int:
-            return lib.lv_run_sum(native.ptr(table), len(names), threads, lock, SafetensorsFile.RELEASE_BATCH)
+            return lib.lv_run_sum(native.ptr(table), len(names), threads, lock, SafetensorsFile.RELEASE_BATCH,
+                                  native.ptr(self.rule))
 
         def account() -> int:  # tensors done so far: the writer counts them (write-back starts)
             new = np.flatnonzero((table[:, self.STATE] == 1) & ~finished)

@@ -17,7 +17,7 @@ import lotavec.merge.engine as eng
 from lotavec import native
 from lotavec.errors import CorruptTicketError, FingerprintMismatchError, LotavecError
 from lotavec.format.fingerprint import sample_positions
-from lotavec.merge import merge
+from lotavec.merge import MergeParams, merge
 from lotavec.testing import make_finetuned
 
 pytestmark = pytest.mark.skipif(native.kernels("codec") is None, reason="needs the compiled kernels")
@@ -199,3 +199,51 @@ def test_force_on_the_c_threads_warns_once_per_tensor(kit, tmp_path, monkeypatch
     names = {n for t in (kit["A"], kit["C"]) for n in lotavec.load_ticket(t).names}
     assert len(c[1][0]) == sum(len(lotavec.load_ticket(t).names) for t in (kit["A"], kit["C"])) >= len(names)
     assert runs[0] is not None and (runs[0] == 1).all()
+
+
+TIES = MergeParams(method="ties", density=0.03, semantics="mergekit")
+
+
+def test_ties_runs_whole_on_c_threads_with_the_thread_pools_bytes(kit, tmp_path, monkeypatch, runs):
+    def go(label):
+        r = merge(kit["base"], [kit["A"], kit["C"]], tmp_path / label, fsync=False, params=TIES)
+        return r.changed_entries, _bytes(tmp_path / label)
+
+    c, py = _both(monkeypatch, go)
+    assert c == py and c[0] == "ok" and c[1][0] > 0
+    assert len(runs) == 1 and (runs[0] == 1).all()
+
+
+def test_ties_reports_a_non_finite_delta_like_the_thread_pool(kit, tmp_path, monkeypatch, runs):
+    name, i, ticket = _inf_ticket(kit, tmp_path)
+    base = _edited_base(kit, tmp_path, name, np.array([i]), 1)
+    c, py = _both(monkeypatch, lambda label: merge(base, [ticket, kit["A"]], tmp_path / label, fsync=False,
+                                                   params=TIES))
+    assert c == py and c[0] is CorruptTicketError and f"ticket 1 gives a non-finite value at flat index {i}" in c[1]
+    assert runs[0] is not None and 3 in runs[0]
+
+
+def test_a_corrupt_chunk_on_the_c_threads_is_decoded_again_by_the_python_codecs(kit, tmp_path, monkeypatch, runs):
+    """A chunk whose checksum fails is left to the Python codecs, which raise the reader's error
+    (sum and TIES alike); the tensors before it were merged on the C threads."""
+    from lotavec.errors import ChecksumError
+    from lotavec.format.safetensors_io import SafetensorsFile
+
+    bad = tmp_path / "bad.lota"
+    shutil.copy(kit["C"], bad)
+    t = lotavec.load_ticket(bad)
+    name = t.names[len(t.names) // 2]
+    f = SafetensorsFile(bad)
+    at = f.data_start + f.info(t._file.entry(name).data).start + 3
+    f.close()
+    t.close()
+    data = bytearray(bad.read_bytes())
+    data[at] ^= 0x40
+    bad.write_bytes(bytes(data))
+    for params in (None, TIES):
+        runs.clear()
+        c, py = _both(monkeypatch, lambda label, p=params: merge(kit["base"], [kit["A"], bad], tmp_path / f"{label}{p}",
+                                                                 fsync=False, params=p))
+        assert c == py and c[0] is ChecksumError and f"tensor {name!r}" in c[1]
+        states = runs[0]
+        assert states is not None and 2 in states and 1 in states
