@@ -1274,7 +1274,7 @@ static void lv_pool_finish(lv_pool *p, int64_t j) {
     while (p->prefix < p->njobs && p->finished[p->prefix]) {
         int64_t *r = p->jobs + p->prefix * LV_J_N;
         lv_pool_pend(p, (uintptr_t)r[LV_J_BASE], r[LV_J_N_] * r[LV_J_WIDTH]);
-        if (r[LV_J_KIND] == 1) {
+        if (r[LV_J_KIND] != 0) {  /* the tickets' compressed chunks */
             lv_pool_pend(p, (uintptr_t)r[LV_J_BLOB0], r[LV_J_BLEN0]);
             if (r[LV_J_T] == 2) lv_pool_pend(p, (uintptr_t)r[LV_J_BLOB1], r[LV_J_BLEN1]);
         }
