@@ -2,16 +2,18 @@
 
 For one model of ``_models.py`` and its two 10 % tickets, in this process (inputs warmed first):
 
-* **decode**: decoding every ticket tensor of both tickets (one thread, as a merge worker does),
-  with the masks left gap-coded (``Ticket.gap_coded``, what the merge reads for both methods);
+* **decode**: decoding every ticket tensor of both tickets in C (one thread, ``lv_ctx_decode``:
+  checksums, zstd, mask checks, values; masks left gap-coded), as the merge does;
 * **kernel**: the merge of every touched tensor from the decoded tickets, one thread, its output
   written to ``/dev/null`` through a sink (``sum``: ``engine._gapped_sum``; ``ties``: the trims,
   ``engine._gapped_trims``, then the consensus, ``engine._consensus_native``, reported apart);
-* **timeline**: one real ``lotavec.merge`` (all cores, no fsync) with its stages timed, summed over
-  the worker threads: the base fingerprint checks, decoding (``Ticket.tensor``/``gap_coded``),
-  merging (``merge_tensor_values``/``_gapped_sum``/``_gapped_trims`` + ``_consensus_native``,
-  which include the compiled kernels' own writes of the output), and the writes of whole arrays
-  (``ShardedWriter.write_at``: untouched tensors, numpy paths).
+* **merge on C threads**: one real ``lotavec.merge`` (all cores, no fsync) as it runs by default,
+  the whole merge on C threads (``engine._SumJobs``): wall and CPU;
+* **merge on the thread pool**: the same with the job table turned off (what merges that need
+  Python per tensor run), with its stages timed and summed over the worker threads: the base
+  fingerprint checks, decoding, merging (``_coded_sum``/``_gapped_sum``/``_gapped_trims`` +
+  ``_consensus_native``, which include the compiled kernels' own writes of the output), and the
+  writes of whole arrays (``ShardedWriter.write_at``: untouched tensors, numpy paths).
 
 Usage: ``./dev bench profile_merge [--model llama1b] [--method sum|ties]``
 """
@@ -53,12 +55,23 @@ def stage_cpu(model: str, method: str) -> dict[str, float]:
     params = params_for(method)
     fd = os.open(os.devnull, os.O_WRONLY)
     sink = engine.Sink(fd, 0, np.empty(native.WINDOW * 4, np.uint8))
+    lib = native.kernels("codec")
+    ctx = lib.lv_ctx_new()
+    if not ctx:
+        sys.exit("the compiled decoders need libzstd.so.1")
+    addrs = np.zeros(5, np.int64)
     c0 = time.process_time()
-    for n in names:  # decode only
+    for n in names:  # decode only, in C, as the merge does
         for t in tks:
             if n in t:
-                t.gap_coded(n)
+                rec, blob = t._file.chunk_records(n)
+                e = t._file.entry(n)
+                width = 4 if e.dtype == "F32" else 2
+                if lib.lv_ctx_decode(ctx, native.ptr(blob), native.ptr(rec), rec.shape[0], e.nnz, width,
+                                     int(e.dtype == "BF16"), int(e.values == "raw"), native.ptr(addrs)):
+                    sys.exit(f"tensor {n!r} was not decoded in C")
     decode = time.process_time() - c0
+    lib.lv_ctx_free(ctx)
     kernel = trims = 0.0
     buffers = engine._Buffers(keep=8)
     for n in names:  # the kernel alone (decoding again, not counted)
@@ -83,6 +96,26 @@ def stage_cpu(model: str, method: str) -> dict[str, float]:
     return {"decode": decode, "kernel": kernel, "trims": trims, "entries": sum(t.nnz for t in tks)}
 
 
+def as_run(model: str, method: str) -> dict[str, float]:
+    """One merge as it runs by default (the C threads where the job table applies)."""
+    import lotavec
+    import lotavec.merge.engine as eng
+
+    ran = []
+    real = eng._SumJobs.run
+    eng._SumJobs.run = lambda self, *a, **k: ran.append(1) or real(self, *a, **k)
+    out = Path(tempfile.mkdtemp(prefix="profile-merge-", dir=Path(__file__).parent / "out")) / "merged"
+    try:
+        t0, c0 = time.perf_counter(), time.process_time()
+        lotavec.merge(base_dir(model), [ticket_path(model, s) for s in (1, 2)], out, params=params_for(method),
+                      fsync=False)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    finally:
+        eng._SumJobs.run = real
+        shutil.rmtree(out.parent, ignore_errors=True)
+    return {"wall": wall, "cpu": cpu, "threads": bool(ran)}
+
+
 def timeline(model: str, method: str) -> dict[str, float]:
     import lotavec
     import lotavec.hfwriter as hw
@@ -103,11 +136,14 @@ def timeline(model: str, method: str) -> dict[str, float]:
         return wrapper
 
     stages = [(eng._BaseChecks, "check", "check"), (tk.Ticket, "tensor", "decode"), (tk.Ticket, "gap_coded", "decode"),
-              (eng, "merge_tensor_values", "compute"), (eng, "_gapped_sum", "compute"), (eng, "_gapped_trims", "compute"),
-              (eng, "_consensus_native", "compute"), (hw.ShardedWriter, "write_at", "write")]
+              (eng, "merge_tensor_values", "compute"), (eng, "_coded_sum", "compute"), (eng, "_gapped_sum", "compute"),
+              (eng, "_gapped_trims", "compute"), (eng, "_consensus_native", "compute"),
+              (hw.ShardedWriter, "write_at", "write")]
     saved = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in stages]
+    saved.append((eng._SumJobs, "plan", eng._SumJobs.plan))
     for owner, attr, kind in stages:
         setattr(owner, attr, timed(kind, getattr(owner, attr)))
+    eng._SumJobs.plan = classmethod(lambda cls, *a, **k: None)  # the thread pool
     out = Path(tempfile.mkdtemp(prefix="profile-merge-", dir=Path(__file__).parent / "out")) / "merged"
     try:
         t0, c0 = time.perf_counter(), time.process_time()
@@ -128,12 +164,15 @@ def main() -> None:
     args = ap.parse_args()
     warm([base_dir(args.model), *(ticket_path(args.model, s) for s in (1, 2))])
     st = stage_cpu(args.model, args.method)
+    run = as_run(args.model, args.method)
     tl = timeline(args.model, args.method)
     print(f"{args.model} {args.method}, two 10 % tickets ({st['entries']:,} stored entries)")
-    print(f"decode, one thread: {st['decode']:.2f} s CPU ({st['decode'] / st['entries'] * 1e9:.1f} ns per entry)")
+    print(f"decode in C, one thread: {st['decode']:.2f} s CPU ({st['decode'] / st['entries'] * 1e9:.1f} ns per entry)")
     trims = f" (trims {st['trims']:.2f} s, consensus {st['kernel'] - st['trims']:.2f} s)" if args.method == "ties" else ""
     print(f"merge kernel from decoded tickets, one thread, output to /dev/null: {st['kernel']:.2f} s CPU{trims}")
-    print(f"lotavec.merge (no fsync, all cores): wall {tl['wall']:.2f} s, CPU {tl['cpu']:.2f} s; "
+    where = "on C threads (job table)" if run["threads"] else "on the thread pool (no job table applies)"
+    print(f"lotavec.merge (no fsync, all cores) {where}: wall {run['wall']:.2f} s, CPU {run['cpu']:.2f} s")
+    print(f"lotavec.merge on the thread pool (job table off): wall {tl['wall']:.2f} s, CPU {tl['cpu']:.2f} s; "
           f"summed over the workers: base fingerprints {tl['check']:.2f} s, decode {tl['decode']:.2f} s, "
           f"merge + its own writes {tl['compute']:.2f} s, array writes (write_at) {tl['write']:.2f} s")
 
