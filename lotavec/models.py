@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -99,7 +100,7 @@ class TensorSource:
 
     def numel(self, name: str) -> int:
         """Number of entries of a tensor."""
-        return int(np.prod(self.info(name)[1], dtype=np.int64))
+        return math.prod(self.info(name)[1])
 
     def array(self, name: str) -> np.ndarray:
         """The tensor as a read-only storage array (zero-copy where the source allows).

@@ -97,7 +97,9 @@ class TicketFile:
             )
         self.manifest: Manifest = parse_manifest(meta[MANIFEST_KEY], self.path)
         self.entries: dict[str, TensorEntry] = {e.name: e for e in self.manifest.tensors}
-        self._records: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}
+        self._records: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._table: tuple[np.ndarray, dict[str, tuple[int, int]]] | None = None
+        self._table_addr = 0
         used: set[str] = set()
         for e in self.manifest.tensors:
             if e.data in used:
@@ -186,21 +188,48 @@ class TicketFile:
         mask_bytes, value_bytes, crc32, mask codec (0 none, 1 all, 2/3/4 gaps8/16/32), first
         element, nnz, length]``, and the data blob (uint8, a view of the mapping). ``None`` for
         tensors those decoders leave to the Python codecs: a ``bitmap`` chunk, or ``f32delta``
-        values. Cached per tensor (the manifest is immutable)."""
-        got = self._records.get(name, False)
-        if got is not False:
-            return got
-        e = self.entry(name)
-        codes = [_RECORD_CODECS.get(c.mask_codec) for c in e.chunks]
-        if e.values not in ("ulpdiff", "raw") or any(k is None for k in codes):
-            got = None
-        else:
-            rec = np.array([(c.offset, c.mask_bytes, c.value_bytes, c.crc32, k, c.start, c.nnz, c.length)
-                            for c, k in zip(e.chunks, codes)], np.int64).reshape(-1, 8)
-            blob = self._st.buffer(e.data)
-            got = rec, (np.frombuffer(blob, np.uint8) if len(blob) else np.zeros(1, np.uint8))
-        self._records[name] = got
+        values. The rows of all tensors are built once, in one array (the manifest is immutable)."""
+        got = self.chunk_rows(name)
+        if got is None:
+            return None
+        got = self._records.get(name)
+        if got is None:
+            table, index = self._record_table()
+            a, k = index[name]
+            blob = self._st.buffer(self.entry(name).data)
+            got = self._records[name] = (table[a : a + k], np.frombuffer(blob, np.uint8) if len(blob) else
+                                         np.zeros(1, np.uint8))
         return got
+
+    def chunk_rows(self, name: str) -> tuple[int, int, int, int] | None:
+        """:meth:`chunk_records` as addresses, for compiled code planned ahead (valid while the file
+        is open): ``(address of the first row, rows, address of the data blob, its bytes)``, or
+        ``None`` as :meth:`chunk_records`."""
+        table, index = self._record_table()
+        got = index.get(name)
+        if got is None:
+            self.entry(name)  # NotFoundError for a tensor the ticket does not have
+            return None
+        a, k = got
+        data = self.entry(name).data
+        blob_len = self._st.info(data).nbytes
+        return self._table_addr + a * 64, k, self._st.address(data) if blob_len else 0, blob_len
+
+    def _record_table(self) -> tuple[np.ndarray, dict[str, tuple[int, int]]]:
+        if self._table is None:
+            flat: list[int] = []
+            index: dict[str, tuple[int, int]] = {}
+            for e in self.manifest.tensors:
+                codes = [_RECORD_CODECS.get(c.mask_codec) for c in e.chunks]
+                if e.values not in ("ulpdiff", "raw") or None in codes:
+                    continue
+                index[e.name] = (len(flat) // 8, len(e.chunks))
+                for c, k in zip(e.chunks, codes):
+                    flat += (c.offset, c.mask_bytes, c.value_bytes, c.crc32, k, c.start, c.nnz, c.length)
+            table = np.array(flat or [0] * 8, np.int64).reshape(-1, 8)
+            self._table_addr = table.ctypes.data
+            self._table = (table, index)
+        return self._table
 
     def done(self, name: str) -> None:
         """Give the pages of a tensor's compressed data back to the kernel (decoded already)."""

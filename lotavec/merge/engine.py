@@ -543,13 +543,19 @@ def _gap_parts(name: str, dtype: str, tks: list[Ticket], params: MergeParams
     return _live_gap_coded(name, tks)
 
 
+def _sum_dtype_ok(dtype: str, live: list) -> bool:
+    """Whether the exact ``sum`` kernels merge ``live`` tickets into a ``dtype`` tensor (one or two
+    tickets; two: BF16/F32)."""
+    return 1 <= len(live) <= 2 and (len(live) == 1 or dtype in ("BF16", "F32"))
+
+
 def _coded_plan(name: str, dtype: str, tks: list[Ticket], params: MergeParams
                 ) -> list[tuple[int, Ticket, tuple[np.ndarray, np.ndarray]]] | None:
     """The tickets touching ``name`` with their chunk records (:meth:`TicketFile.chunk_records`)
     when the exact ``sum`` can take :func:`_coded_sum` (the cases of :func:`_gap_parts`, from
     ticket files whose chunks the compiled decoders read), else ``None``. Nothing is decoded."""
     live = [(i, t) for i, t in enumerate(tks) if name in t]
-    if not 1 <= len(live) <= 2 or (len(live) == 2 and dtype not in ("BF16", "F32")) or not _exact_sum(params, len(tks)):
+    if not _sum_dtype_ok(dtype, live) or not _exact_sum(params, len(tks)):
         return None
     recs = [t._file.chunk_records(name) if t._file is not None else None for _, t in live]
     if any(r is None for r in recs):
@@ -580,20 +586,6 @@ def _coded_sum(lib, ctx: int, name: str, flat: np.ndarray, dtype: str,
     for _, t, _ in plan:
         t._file.done(name)
     return int(changed)
-
-
-def _coded_ties_plan(name: str, dtype: str, tks: list[Ticket], params: MergeParams
-                     ) -> list[tuple[int, Ticket, tuple[np.ndarray, np.ndarray]]] | None:
-    """The tickets touching ``name`` with their chunk records when TIES can run on the C threads
-    of :class:`_SumJobs` (:func:`_trims_from_gaps`, two tickets in the merge, chunks the compiled
-    decoders read), else ``None``. Nothing is decoded."""
-    if len(tks) != 2 or not _trims_from_gaps(dtype, tks, params):
-        return None
-    live = [(i, t) for i, t in enumerate(tks) if name in t]
-    recs = [t._file.chunk_records(name) if t._file is not None else None for _, t in live]
-    if not live or any(r is None for r in recs):
-        return None
-    return [(i, t, r) for (i, t), r in zip(live, recs)]
 
 
 def _raw_flag(t: Ticket, name: str) -> int:
@@ -865,6 +857,7 @@ class _SumJobs:
         want = {n for n in names if checks is not None and checks.wants_sample(n)}
         sample_buf = np.empty(sum(min(src.numel(n), SAMPLE_ELEMENTS) * storage_dtype(src.info(n)[0]).itemsize
                                   for n in want), np.uint8)
+        sample_addr = native.ptr(sample_buf)
         at, dtypes = 0, []
         for n in names:
             dtype, _ = src.info(n)
@@ -875,34 +868,37 @@ class _SumJobs:
             dtypes.append(dtype)
             fd, off = writer.target(n)
             row = [0, addr, numel, width, int(dtype == "BF16"), fd, off, 0] + [0] * (cls.COLS - 8)
-            plan = None
+            live = None
             if n in touched:
-                plan = _coded_plan(n, dtype, tks, params) if exact else _coded_ties_plan(n, dtype, tks, params)
-                if plan is None:
+                live = [(i, t) for i, t in enumerate(tks) if n in t]
+                if (not exact and not _trims_from_gaps(dtype, tks, params)) or (exact and not _sum_dtype_ok(dtype, live)):
                     return None
-                row[cls.KIND], row[cls.T] = (1 if exact else 2), len(plan)
-                for slot, (i, t, (rec, blob)) in enumerate(plan):
+                row[cls.KIND], row[cls.T] = (1 if exact else 2), len(live)
+                for slot, (i, t) in enumerate(live):
+                    got = t._file.chunk_rows(n) if t._file is not None else None
+                    if got is None:
+                        return None
+                    rec_addr, nrec, blob_addr, blob_len = got
                     e = t._file.entry(n)
                     row[cls.TICKET0 + 6 * slot: cls.TICKET0 + 6 * slot + 6] = [
-                        native.ptr(blob), native.ptr(rec), rec.shape[0], e.nnz, int(e.values == "raw"),
-                        blob.nbytes if e.stored_bytes else 0]
+                        blob_addr, rec_addr, nrec, e.nnz, int(e.values == "raw"), blob_len]
                     row[cls.K + slot], row[cls.TIX + slot] = int(params.density_of(i) * numel), i
-                    keep.append((rec, blob))
             sample = None
             if n in want:
                 s = min(numel, SAMPLE_ELEMENTS)
                 sample = sample_buf[at: at + s * width]
+                row[cls.NSAMPLE], row[cls.SAMPLE] = s, sample_addr + at
                 at += s * width
-                row[cls.NSAMPLE], row[cls.SAMPLE] = s, native.ptr(sample)
             rows.append(row)
             # the tickets kernel errors name: by slot (sum), by ticket index (TIES)
-            tickets.append(([i for i, _, _ in plan] if exact else [0, 1]) if plan else [])
+            tickets.append(([i for i, _ in live] if exact else [0, 1]) if live else [])
             samples.append(sample)
         keep.append(sample_buf)
         return cls(names, dtypes, rows, keep, tickets, samples, checks, rule)
 
-    def run(self, threads: int, writer: ShardedWriter, progress: Progress, run_pool) -> int:
-        """Run the table; returns the changed entries. Raises as :func:`_stream`."""
+    def run(self, threads: int | None, writer: ShardedWriter, progress: Progress, run_pool) -> int:
+        """Run the table on ``threads`` C threads (default: see below); returns the changed
+        entries. Raises as :func:`_stream`."""
         lib, table, names = native.kernels("codec"), self.table, self.names
         finished = np.zeros(len(names), bool)
 
@@ -912,6 +908,8 @@ class _SumJobs:
         # (fsync), a writer can block inside the kernel while the others spin on that lock (some
         # runs took twice the CPU time): they then sleep on the mutex.
         lock = writer.io_lock.ptr if writer.flushes_behind else None
+        # by default a thread per core; with the mutex, one more (one of them is often asleep on it)
+        threads = min(64, max(1, threads or (os.cpu_count() or 1) + (lock is not None)))
 
         def call() -> int:
             return lib.lv_run_sum(native.ptr(table), len(names), threads, lock, SafetensorsFile.RELEASE_BATCH,
@@ -1086,7 +1084,7 @@ def _stream(src: TensorSource, tks: list[Ticket], names: list[str], touched: set
     try:
         jobs = _SumJobs.plan(src, tks, names, touched, out_dt, params, trims, writer, checks) if sinks else None
         if jobs is not None:
-            return jobs.run(min(workers, 64), writer, progress, run_pool)
+            return jobs.run(threads, writer, progress, run_pool)
         return run_pool([(n, False) for n in names])
     finally:
         lib = native.kernels("codec")
