@@ -8,7 +8,7 @@ For one model of ``_models.py`` and its two 10 % tickets, in this process (input
   written to ``/dev/null`` through a sink (``sum``: ``engine._gapped_sum``; ``ties``: the trims,
   ``engine._gapped_trims``, then the consensus, ``engine._consensus_native``, reported apart);
 * **merge on C threads**: one real ``lotavec.merge`` (all cores, no fsync) as it runs by default,
-  the whole merge on C threads (``engine._SumJobs``): wall and CPU;
+  the whole merge on C threads (``engine._MergeJobs``): wall and CPU;
 * **merge on the thread pool**: the same with the job table turned off (what merges that need
   Python per tensor run), with its stages timed and summed over the worker threads: the base
   fingerprint checks, decoding, merging (``_coded_sum``/``_gapped_sum``/``_gapped_trims`` +
@@ -102,8 +102,8 @@ def as_run(model: str, method: str) -> dict[str, float]:
     import lotavec.merge.engine as eng
 
     ran = []
-    real = eng._SumJobs.run
-    eng._SumJobs.run = lambda self, *a, **k: ran.append(1) or real(self, *a, **k)
+    real = eng._MergeJobs.run
+    eng._MergeJobs.run = lambda self, *a, **k: ran.append(1) or real(self, *a, **k)
     out = Path(tempfile.mkdtemp(prefix="profile-merge-", dir=Path(__file__).parent / "out")) / "merged"
     try:
         t0, c0 = time.perf_counter(), time.process_time()
@@ -111,7 +111,7 @@ def as_run(model: str, method: str) -> dict[str, float]:
                       fsync=False)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     finally:
-        eng._SumJobs.run = real
+        eng._MergeJobs.run = real
         shutil.rmtree(out.parent, ignore_errors=True)
     return {"wall": wall, "cpu": cpu, "threads": bool(ran)}
 
@@ -140,10 +140,10 @@ def timeline(model: str, method: str) -> dict[str, float]:
               (eng, "_gapped_trims", "compute"), (eng, "_consensus_native", "compute"),
               (hw.ShardedWriter, "write_at", "write")]
     saved = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in stages]
-    saved.append((eng._SumJobs, "plan", eng._SumJobs.plan))
+    saved.append((eng._MergeJobs, "plan", eng._MergeJobs.plan))
     for owner, attr, kind in stages:
         setattr(owner, attr, timed(kind, getattr(owner, attr)))
-    eng._SumJobs.plan = classmethod(lambda cls, *a, **k: None)  # the thread pool
+    eng._MergeJobs.plan = classmethod(lambda cls, *a, **k: None)  # the thread pool
     out = Path(tempfile.mkdtemp(prefix="profile-merge-", dir=Path(__file__).parent / "out")) / "merged"
     try:
         t0, c0 = time.perf_counter(), time.process_time()

@@ -522,7 +522,7 @@ typedef struct {
     void *dctx;
     lv_buf gaps[2], pay[2], meta[2], vals;
     uint8_t *window, *mark;
-    lv_buf delta, hist, tidx[2], tval[2], stash, seen;  /* TIES jobs of lv_run_sum */
+    lv_buf delta, hist, tidx[2], tval[2], stash, seen;  /* TIES jobs of lv_run_jobs */
 } lv_ctx;
 
 void lv_ctx_free(void *c_) {
@@ -1189,7 +1189,7 @@ int32_t lv_populate(const void *addr, int64_t len) {
 int32_t lv_populate(const void *addr, int64_t len) { (void)addr; (void)len; return 38; /* ENOSYS */ }
 #endif
 
-/* ---- The exact `sum` of a whole merge on C threads (lv_run_sum) -----------------------------------
+/* ---- A whole merge on C threads (lv_run_jobs): the exact `sum`, and TIES of two tickets ----------
  * Python plans the merge as a job table, one row of LV_J_N int64 per output tensor in file order:
  * untouched tensors are copied from the base mapping, touched ones merged from their tickets'
  * compressed chunks (lv_sum_coded). nthreads threads take jobs in order; each maps its job's base
@@ -1313,7 +1313,7 @@ int64_t lv_consensus2(void *out_, const void *base_, int64_t n, int32_t width,
                       float w0, float w1, int32_t peft, int32_t total, int32_t normalize, float lam, int32_t apply_lam,
                       int64_t *err, float *stash, uint8_t *seen, int32_t fd, int64_t foff, void *lock, int32_t idx32);
 
-/* One TIES job (kind 2, see above); returns the changed entries, err as lv_run_sum's jobs. */
+/* One TIES job (kind 2, see above); returns the changed entries, err as lv_run_jobs's jobs. */
 static int64_t lv_ties_job(lv_ctx *c, const int64_t *r, const double *rule, int64_t *err, void *lock) {
     const uint8_t *base = (const uint8_t *)(uintptr_t)r[LV_J_BASE];
     int64_t n = r[LV_J_N_];
@@ -1417,7 +1417,7 @@ static void *lv_pool_worker(void *arg) {
 
 /* Run the job table on nthreads threads (see above). Returns 0, or -1 when no thread could be
  * started or memory was short (jobs not run keep state 0: the caller runs them itself). */
-int32_t lv_run_sum(int64_t *jobs, int64_t njobs, int32_t nthreads, void *lock, int64_t release, const double *rule) {
+int32_t lv_run_jobs(int64_t *jobs, int64_t njobs, int32_t nthreads, void *lock, int64_t release, const double *rule) {
     lv_pool p;
     memset(&p, 0, sizeof p);
     p.jobs = jobs; p.njobs = njobs; p.lock = lock; p.release = release; p.stop = njobs; p.rule = rule;
@@ -1445,7 +1445,7 @@ int32_t lv_release(const void *addr, int64_t len) {
     return madvise((void *)a, (size_t)((uintptr_t)addr + (uintptr_t)len - a), MADV_DONTNEED) ? errno : 0;
 }
 #else
-int32_t lv_run_sum(int64_t *jobs, int64_t njobs, int32_t nthreads, void *lock, int64_t release, const double *rule) {
+int32_t lv_run_jobs(int64_t *jobs, int64_t njobs, int32_t nthreads, void *lock, int64_t release, const double *rule) {
     (void)jobs; (void)njobs; (void)nthreads; (void)lock; (void)release; (void)rule;
     return -1;
 }

@@ -809,10 +809,11 @@ def merge(base: Any, tickets: Sequence[Any], out_dir: str | os.PathLike, *, para
         src.close()
 
 
-class _SumJobs:
-    """The exact ``sum`` of a whole merge as a job table for the compiled ``lv_run_sum`` (see
-    lotavec/_csrc/codec.c): one row per output tensor in file order, untouched tensors copied from
-    the base mapping, touched ones merged from their tickets' compressed chunks, on C threads.
+class _MergeJobs:
+    """A whole merge as a job table for the compiled ``lv_run_jobs`` (see lotavec/_csrc/codec.c):
+    one row per output tensor in file order, untouched tensors copied from the base mapping,
+    touched ones merged from their tickets' compressed chunks (the exact ``sum``, or TIES of two
+    tickets), on C threads.
     Results are checked here in file order, as the thread pool of :func:`_stream` would raise
     them: base fingerprints (sampled by the C threads before merging), kernel errors, and the
     tensors left to Python (a chunk the compiled decoders do not accept), which ``run_pool``
@@ -832,7 +833,7 @@ class _SumJobs:
 
     @classmethod
     def plan(cls, src: TensorSource, tks: list[Ticket], names: list[str], touched: set[str], out_dt: dict[str, str],
-             params: MergeParams, trims, writer: ShardedWriter, checks: _BaseChecks | None) -> _SumJobs | None:
+             params: MergeParams, trims, writer: ShardedWriter, checks: _BaseChecks | None) -> _MergeJobs | None:
         """The job table, or ``None`` when some tensor needs the Python paths (another method or
         output dtype, a source that is not memory-mapped, chunks the compiled decoders do not read,
         full base digests, or no libzstd.so.1)."""
@@ -912,7 +913,7 @@ class _SumJobs:
         threads = min(64, max(1, threads or (os.cpu_count() or 1) + (lock is not None)))
 
         def call() -> int:
-            return lib.lv_run_sum(native.ptr(table), len(names), threads, lock, SafetensorsFile.RELEASE_BATCH,
+            return lib.lv_run_jobs(native.ptr(table), len(names), threads, lock, SafetensorsFile.RELEASE_BATCH,
                                   native.ptr(self.rule))
 
         def account() -> int:  # tensors done so far: the writer counts them (write-back starts)
@@ -977,9 +978,9 @@ def _stream(src: TensorSource, tks: list[Ticket], names: list[str], touched: set
     ``checks.check(name, base_array)`` is called for every touched tensor before it is merged
     (the base-identity fingerprints; it raises on a mismatch).
 
-    When every tensor is one the compiled kernels copy or merge whole (the exact ``sum`` of
-    tickets they decode, :class:`_SumJobs`), the whole merge runs on C threads instead, with no
-    Python (and no GIL) per tensor.
+    When every tensor is one the compiled kernels copy or merge whole (the exact ``sum``, or TIES
+    of two tickets, from chunks they decode: :class:`_MergeJobs`), the whole merge runs on C
+    threads instead, with no Python (and no GIL) per tensor.
     """
     check = checks.check if checks is not None else None
     sinks = Sink.supported()
@@ -1082,7 +1083,7 @@ def _stream(src: TensorSource, tks: list[Ticket], names: list[str], touched: set
         return changed
 
     try:
-        jobs = _SumJobs.plan(src, tks, names, touched, out_dt, params, trims, writer, checks) if sinks else None
+        jobs = _MergeJobs.plan(src, tks, names, touched, out_dt, params, trims, writer, checks) if sinks else None
         if jobs is not None:
             return jobs.run(threads, writer, progress, run_pool)
         return run_pool([(n, False) for n in names])

@@ -49,9 +49,9 @@ def _base_folder(root: Path, tensors: dict[str, torch.Tensor]) -> Path:
 
 def _coded_path_coded(monkeypatch) -> dict[str, bool]:
     """Record, per tensor the compiled decoders were offered, whether they decoded it: on the C
-    threads of a whole-merge job table (``_SumJobs``), or one tensor at a time (``_coded_sum``)."""
+    threads of a whole-merge job table (``_MergeJobs``), or one tensor at a time (``_coded_sum``)."""
     seen: dict[str, bool] = {}
-    real, real_run = eng._coded_sum, eng._SumJobs.run
+    real, real_run = eng._coded_sum, eng._MergeJobs.run
 
     def spy(lib, ctx, name, *a, **k):
         r = real(lib, ctx, name, *a, **k)
@@ -68,7 +68,7 @@ def _coded_path_coded(monkeypatch) -> dict[str, bool]:
                     seen[n] = bool(state == 1)
 
     monkeypatch.setattr(eng, "_coded_sum", spy)
-    monkeypatch.setattr(eng._SumJobs, "run", spy_run)
+    monkeypatch.setattr(eng._MergeJobs, "run", spy_run)
     return seen
 
 

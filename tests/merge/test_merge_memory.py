@@ -26,10 +26,10 @@ _CHILD = textwrap.dedent("""
     base, t1, t2, out, method, pool = sys.argv[1:7]
     SafetensorsFile.RELEASE_BATCH = 4 << 20  # pages go back every 4 MiB (32 MiB by default)
     if pool == "off":
-        eng._SumJobs.plan = classmethod(lambda cls, *a, **k: None)
+        eng._MergeJobs.plan = classmethod(lambda cls, *a, **k: None)
     used = []
-    real = eng._SumJobs.run
-    eng._SumJobs.run = lambda self, *a, **k: used.append(1) or real(self, *a, **k)
+    real = eng._MergeJobs.run
+    eng._MergeJobs.run = lambda self, *a, **k: used.append(1) or real(self, *a, **k)
     def rss_file():
         with open("/proc/self/status") as f:
             return next(int(l.split()[1]) * 1024 for l in f if l.startswith("RssFile:"))

@@ -1,8 +1,8 @@
-"""The exact ``sum`` on C threads (``lv_run_sum`` over the job table of ``engine._SumJobs``): the
+"""A merge on C threads (``lv_run_jobs`` over the job table of ``engine._MergeJobs``, the exact ``sum`` and TIES): the
 same bytes, errors and warnings as the Python thread pool, in the same (file) order.
 
 Each test runs a merge both ways: as planned (the C threads), and with the job table turned off
-(``_SumJobs.plan`` returning ``None``: the thread pool of ``engine._stream``)."""
+(``_MergeJobs.plan`` returning ``None``: the thread pool of ``engine._stream``)."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def runs(monkeypatch):
         pytest.skip("libzstd.so.1 is not available: no job table")
     lib.lv_ctx_free(ctx)
     seen: list = []
-    real_plan, real_run = eng._SumJobs.plan.__func__, eng._SumJobs.run
+    real_plan, real_run = eng._MergeJobs.plan.__func__, eng._MergeJobs.run
 
     def plan(cls, *a, **k):
         jobs = real_plan(cls, *a, **k)
@@ -56,8 +56,8 @@ def runs(monkeypatch):
         finally:
             seen.append(self.table[:, self.STATE].copy())
 
-    monkeypatch.setattr(eng._SumJobs, "plan", classmethod(plan))
-    monkeypatch.setattr(eng._SumJobs, "run", run)
+    monkeypatch.setattr(eng._MergeJobs, "plan", classmethod(plan))
+    monkeypatch.setattr(eng._MergeJobs, "run", run)
     return seen
 
 
@@ -65,7 +65,7 @@ def _both(monkeypatch, fn):
     """``fn(label)`` on the C threads, then on the thread pool; the two outcomes."""
     out = [_outcome(fn, "c")]
     with monkeypatch.context() as m:
-        m.setattr(eng._SumJobs, "plan", classmethod(lambda cls, *a, **k: None))
+        m.setattr(eng._MergeJobs, "plan", classmethod(lambda cls, *a, **k: None))
         out.append(_outcome(fn, "py"))
     return out
 

@@ -479,33 +479,33 @@ def _gap_case(tmp_path, dtypes, n_tickets, seed, bitmap):
 
 
 def _choose_decoder(monkeypatch, gate: str, coded: str) -> None:
-    """``_SumJobs``: the whole merge on C threads (the job table); ``gate == coded``: one tensor
+    """``_MergeJobs``: the whole merge on C threads (the job table); ``gate == coded``: one tensor
     at a time, its chunks decoded in C; else the Python codecs decode and ``gate`` decides. The
     first two are skipped without libzstd.so.1."""
     import lotavec.merge.engine as eng
 
-    if gate in ("_SumJobs", coded):
+    if gate in ("_MergeJobs", coded):
         lib = native.kernels("codec")
         ctx = lib.lv_ctx_new()
         if not ctx:
             pytest.skip("libzstd.so.1 is not available")
         lib.lv_ctx_free(ctx)
-    if gate != "_SumJobs":
-        monkeypatch.setattr(eng._SumJobs, "plan", classmethod(lambda cls, *a, **k: None))
-    if gate not in ("_SumJobs", coded):
+    if gate != "_MergeJobs":
+        monkeypatch.setattr(eng._MergeJobs, "plan", classmethod(lambda cls, *a, **k: None))
+    if gate not in ("_MergeJobs", coded):
         monkeypatch.setattr(eng, coded, lambda *a, **k: None)
 
 
 def _merge_fast_and_numpy(monkeypatch, tmp_path, folder, paths, gate: str, params=None):
     """Merge with the compiled kernels (recording, per touched tensor, whether the engine's
-    ``gate`` function chose the gap-reading path, or for ``_SumJobs`` whether the C threads
+    ``gate`` function chose the gap-reading path, or for ``_MergeJobs`` whether the C threads
     merged it), then with the numpy paths. Returns ``(fast result, numpy result, gate choices)``."""
     import lotavec.merge.engine as eng
     from lotavec.merge import merge
 
     used = []
-    if gate == "_SumJobs":
-        real_plan, real_run = eng._SumJobs.plan.__func__, eng._SumJobs.run
+    if gate == "_MergeJobs":
+        real_plan, real_run = eng._MergeJobs.plan.__func__, eng._MergeJobs.run
 
         def plan(cls, *a, **k):
             jobs = real_plan(cls, *a, **k)
@@ -518,8 +518,8 @@ def _merge_fast_and_numpy(monkeypatch, tmp_path, folder, paths, gate: str, param
             used.extend(bool(st == 1) for kind, st in zip(self.table[:, self.KIND], self.table[:, self.STATE]) if kind)
             return r
 
-        monkeypatch.setattr(eng._SumJobs, "plan", classmethod(plan))
-        monkeypatch.setattr(eng._SumJobs, "run", run)
+        monkeypatch.setattr(eng._MergeJobs, "plan", classmethod(plan))
+        monkeypatch.setattr(eng._MergeJobs, "run", run)
     else:
         real = getattr(eng, gate)
 
@@ -536,10 +536,10 @@ def _merge_fast_and_numpy(monkeypatch, tmp_path, folder, paths, gate: str, param
     return fast, slow, used
 
 
-@pytest.mark.parametrize("gate", ["_SumJobs", "_coded_plan", "_gap_parts"])
+@pytest.mark.parametrize("gate", ["_MergeJobs", "_coded_plan", "_gap_parts"])
 @pytest.mark.parametrize("n_tickets,bitmap", [(1, False), (2, False), (2, True)])
 def test_merge_reading_gap_coded_masks_matches_the_numpy_merge(monkeypatch, tmp_path, n_tickets, bitmap, gate):
-    """``_SumJobs``: the whole merge on C threads (lv_run_sum); ``_coded_plan``: one tensor at a
+    """``_MergeJobs``: the whole merge on C threads (lv_run_jobs); ``_coded_plan``: one tensor at a
     time, chunks decoded in C (lv_sum_coded); ``_gap_parts``: decoded by the Python codecs, masks
     left gap-coded (lv_sum2g). Either way the numpy merge's bytes."""
     _choose_decoder(monkeypatch, gate, "_coded_plan")
@@ -575,13 +575,13 @@ def test_gap_planes_check_the_range_like_decode_mask():
     (0.05, "mergekit", False, {}), (0.05, "peft", False, {}), (0.5, "mergekit", False, {}),
     (0.05, "mergekit", True, {}), (0.05, "mergekit", False, {"lambda_": 0.7, "majority_sign_method": "frequency"}),
     (0.05, "mergekit", False, {"normalize": False})])
-@pytest.mark.parametrize("gate", ["_SumJobs", "_coded_trim_parts", "_trim_gap_parts"])
+@pytest.mark.parametrize("gate", ["_MergeJobs", "_coded_trim_parts", "_trim_gap_parts"])
 def test_ties_reading_gap_coded_masks_matches_the_numpy_merge(monkeypatch, tmp_path, density, semantics, bitmap,
                                                               extra, gate):
     """TIES from gap-coded masks (lv_delta_hist_g + lv_topk_g, then the consensus kernel): the same
     bytes as the numpy merge, for a trim (k < stored entries) and for density 0.5 (k ≥ stored
     entries: every entry kept); with a bitmap chunk the decoded-index path is taken. The whole
-    merge runs on C threads (``_SumJobs``), or one tensor at a time with its chunks decoded in C
+    merge runs on C threads (``_MergeJobs``), or one tensor at a time with its chunks decoded in C
     (``_coded_trim_parts``) or by the Python codecs (``_trim_gap_parts``)."""
     _choose_decoder(monkeypatch, gate, "_coded_trim_parts")
     folder, paths = _gap_case(tmp_path, ("BF16", "F32"), 2, seed=7, bitmap=bitmap)
