@@ -1,5 +1,6 @@
-"""A merge on C threads (``lv_run_jobs`` over the job table of ``engine._MergeJobs``, the exact ``sum`` and TIES): the
-same bytes, errors and warnings as the Python thread pool, in the same (file) order.
+"""A merge on C threads (``lv_run_jobs`` over the job table of ``engine._MergeJobs``: the exact
+``sum``, and TIES of two tickets): the same bytes, errors and warnings as the Python thread pool,
+in the same (file) order.
 
 Each test runs a merge both ways: as planned (the C threads), and with the job table turned off
 (``_MergeJobs.plan`` returning ``None``: the thread pool of ``engine._stream``)."""
