@@ -319,10 +319,26 @@ static int lv_flush(int fd, const char *buf, int64_t len, int64_t off, void *loc
 /* After a block [.., b1) of a kernel writing through a sink: once the window holds LV_WINDOW
  * entries, or the tensor is done (b1 == n), write it out (entries w0..b1 at file offset foff +
  * w0 * width) and start the next window at b1. Returns nonzero when the write failed (err set). */
-static int lv_window_done(int fd, const void *out_, int width, int64_t b1, int64_t n, int64_t *w0, int64_t foff,
+#ifndef _WIN32
+/* On the C threads of lv_run_jobs (see there) a full window goes to the pool's writer thread
+ * instead, and the kernel goes on in another of the thread's window buffers. */
+struct lv_pool;
+typedef struct { struct lv_pool *p; void *c; int64_t job; int slot; } lv_tls_t;
+static __thread lv_tls_t lv_tls;
+static void *lv_wq_window(const char *buf, int fd, int64_t len, int64_t off, int more);
+#endif
+
+static int lv_window_done(int fd, void **outp, int width, int64_t b1, int64_t n, int64_t *w0, int64_t foff,
                           void *lock, int64_t *err) {
     if (fd < 0 || (b1 - *w0 != LV_WINDOW && b1 != n)) return 0;
-    if (lv_flush(fd, (const char *)out_, (b1 - *w0) * width, foff + *w0 * width, lock, err)) return -1;
+#ifndef _WIN32
+    if (lv_tls.p) {
+        *outp = lv_wq_window((const char *)*outp, fd, (b1 - *w0) * width, foff + *w0 * width, b1 != n);
+        *w0 = b1;
+        return 0;
+    }
+#endif
+    if (lv_flush(fd, (const char *)*outp, (b1 - *w0) * width, foff + *w0 * width, lock, err)) return -1;
     *w0 = b1;
     return 0;
 }
@@ -422,7 +438,7 @@ static inline __attribute__((always_inline)) int64_t lv_sum2_w(
             if (width == 2) { o16[e] = (uint16_t)nb; changed += nb != bb; }
             else { o32[e] = nb; changed += lv_f32_of(nb, 4) != lv_f32_of(bb, 4); }
         }
-        if (lv_window_done(fd, out_, width, b1, n, &w0, foff, lock, err)) goto done;
+        if (lv_window_done(fd, (void **)&out_, width, b1, n, &w0, foff, lock, err)) goto done;
     }
 done:
     memset(mark, 0, LV_BLOCK);
@@ -523,6 +539,7 @@ typedef struct {
     lv_buf gaps[2], pay[2], meta[2], vals;
     uint8_t *window, *mark;
     lv_buf delta, hist, tidx[2], tval[2], stash, seen;  /* TIES jobs of lv_run_jobs */
+    uint8_t *win[4]; int busy[4];                       /* lv_run_jobs: windows for its writer */
 } lv_ctx;
 
 void lv_ctx_free(void *c_) {
@@ -535,7 +552,9 @@ void lv_ctx_free(void *c_) {
         free(c->gaps[t].p); free(c->pay[t].p); free(c->meta[t].p); free(c->tidx[t].p); free(c->tval[t].p);
     }
     free(c->vals.p); free(c->window); free(c->mark);
-    free(c->delta.p); free(c->hist.p); free(c->stash.p); free(c->seen.p); free(c);
+    free(c->delta.p); free(c->hist.p); free(c->stash.p); free(c->seen.p);
+    for (int k = 0; k < 4; k++) free(c->win[k]);
+    free(c);
 }
 
 /* A decoding context, or NULL where libzstd.so.1 is not available (or memory is short). */
@@ -628,10 +647,24 @@ static int64_t lv_decode_slot(lv_ctx *c, int t, const uint8_t *blob, const int64
  * tensor is written through fd/foff/lock with c's window. Errors as lv_sum2, plus err[0] = 5
  * (err[1] = ticket slot, err[2] = chunk): that chunk was not decoded here (nothing was written);
  * err[0] = 6: out of memory. */
+static int64_t lv_sum_coded_w(void *ctx, void *window, const void *base_, int64_t n, int32_t width, int32_t is_bf16,
+                              int32_t T, const uint8_t *blob0, const int64_t *rec0, int64_t nrec0, int64_t nnz0,
+                              int32_t raw0, const uint8_t *blob1, const int64_t *rec1, int64_t nrec1, int64_t nnz1,
+                              int32_t raw1, int64_t *err, int32_t fd, int64_t foff, void *lock);
+
 int64_t lv_sum_coded(void *ctx, const void *base_, int64_t n, int32_t width, int32_t is_bf16, int32_t T,
                      const uint8_t *blob0, const int64_t *rec0, int64_t nrec0, int64_t nnz0, int32_t raw0,
                      const uint8_t *blob1, const int64_t *rec1, int64_t nrec1, int64_t nnz1, int32_t raw1,
                      int64_t *err, int32_t fd, int64_t foff, void *lock) {
+    return lv_sum_coded_w(ctx, ((lv_ctx *)ctx)->window, base_, n, width, is_bf16, T, blob0, rec0, nrec0, nnz0, raw0,
+                          blob1, rec1, nrec1, nnz1, raw1, err, fd, foff, lock);
+}
+
+/* lv_sum_coded writing its output windows from `window`. */
+static int64_t lv_sum_coded_w(void *ctx, void *window, const void *base_, int64_t n, int32_t width, int32_t is_bf16,
+                              int32_t T, const uint8_t *blob0, const int64_t *rec0, int64_t nrec0, int64_t nnz0,
+                              int32_t raw0, const uint8_t *blob1, const int64_t *rec1, int64_t nrec1, int64_t nnz1,
+                              int32_t raw1, int64_t *err, int32_t fd, int64_t foff, void *lock) {
     lv_ctx *c = (lv_ctx *)ctx;
     uint32_t expmask = width == 2 ? (is_bf16 ? 0x7F80u : 0x7C00u) : 0x7F800000u;
     const int64_t *st[2] = {NULL, NULL}, *cn[2] = {NULL, NULL};
@@ -651,9 +684,9 @@ int64_t lv_sum_coded(void *ctx, const void *base_, int64_t n, int32_t width, int
     lv_cursor q1 = lv_cur_gaps(T == 2 ? nrec1 : 0, st[1], cn[1], wd[1], pl[1]);
     const void *p1 = T == 2 ? (const void *)c->pay[1].p : (const void *)c->pay[0].p;
     if (width == 2)
-        return lv_sum2_w(2, 1, expmask, c->window, base_, n, q0, c->pay[0].p, raw0, q1, p1, raw1, err, c->mark,
+        return lv_sum2_w(2, 1, expmask, window, base_, n, q0, c->pay[0].p, raw0, q1, p1, raw1, err, c->mark,
                          fd, foff, lock);
-    return lv_sum2_w(4, 1, expmask, c->window, base_, n, q0, c->pay[0].p, raw0, q1, p1, raw1, err, c->mark,
+    return lv_sum2_w(4, 1, expmask, window, base_, n, q0, c->pay[0].p, raw0, q1, p1, raw1, err, c->mark,
                      fd, foff, lock);
 }
 
@@ -948,7 +981,7 @@ int64_t lv_consensus(void *out_, const void *base_, int64_t n, int32_t width, in
             pos[t] = end[t];
         }
     flush:
-        if (lv_window_done(fd, out_, width, b1, n, &w0, foff, lock, err)) return changed;
+        if (lv_window_done(fd, (void **)&out_, width, b1, n, &w0, foff, lock, err)) return changed;
     }
     return changed;
 }
@@ -1048,7 +1081,7 @@ static inline __attribute__((always_inline)) int64_t lv_consensus2_w(
             if (r < 0) { err[0] = 2; err[2] = i; goto fail; }
             changed += r;
         }
-        if (lv_window_done(fd, out_, width, b1, n, &w0i, foff, lock, err)) return changed;
+        if (lv_window_done(fd, (void **)&out_, width, b1, n, &w0i, foff, lock, err)) return changed;
         continue;
     fail:
         memset(seen, 0, LV_CBLOCK);
@@ -1194,9 +1227,13 @@ int32_t lv_populate(const void *addr, int64_t len) { (void)addr; (void)len; retu
  * untouched tensors are copied from the base mapping, touched ones merged from their tickets'
  * compressed chunks (lv_sum_coded). nthreads threads take jobs in order; each maps its job's base
  * pages in one call (lv_populate), gathers the base fingerprint's sample (spec §8: entries
- * floor(i * n / S)) before merging, and writes through the shared lock. No Python runs, so no
- * thread waits for the GIL. Pages of the base and tickets are given back (MADV_DONTNEED) in batches
- * of `release` bytes once every job before them is done.
+ * floor(i * n / S)) before merging, and hands each full output window (or, for an untouched
+ * tensor, its mapped bytes) to one writer thread, which does every write of the merge in queue
+ * order, then gives the window buffer back (LV_NWIN per thread). No Python runs, so no thread waits
+ * for the GIL, and no two threads contend for the file's lock. A job is finished once its
+ * computation and all its writes are; pages of the base and tickets are then given back
+ * (MADV_DONTNEED) in batches of `release` bytes once every job before them is finished. `lock` is
+ * unused (one writer).
  *
  * Kind 2 is TIES (exactly two tickets in the merge; `rule` = weights w0, w1, then the consensus
  * rule of lv_consensus2: peft, total, normalize, lambda, apply lambda): each live ticket (slot s,
@@ -1204,11 +1241,12 @@ int32_t lv_populate(const void *addr, int64_t len) { (void)addr; (void)len; retu
  * (lv_delta_hist_g), its top J_K<s> kept (lv_topk_g; all of them when J_K<s> >= its entries), then
  * lv_consensus2 writes the result; errors name the ticket index (err[1]).
  *
- * A job's outcome: J_STATE 1 done, 2 left to the caller (a chunk the compiled decoders do not
- * accept, err 5: the Python codecs decode it and raise the typed error), 3 failed (err as
- * lv_sum2; the caller checks that job's fingerprint first, then raises), 0 not run (a job before
- * it failed: jobs after a failed one are not started). J_DONE_AT: the order of completion, for a
- * caller that follows progress (J_STATE is written last, after the results). */
+ * A job's outcome: J_STATE 1 done (and written), 2 left to the caller (a chunk the compiled
+ * decoders do not accept, err 5: the Python codecs decode it and raise the typed error), 3 failed
+ * (err as lv_sum2, or 4 and the errno of a failed write; the caller checks that job's fingerprint
+ * first, then raises), 0 not run (a job before it failed: jobs after a failed one are not
+ * started). J_DONE_AT: the order of completion, for a caller that follows progress (J_STATE is
+ * written last, after the results). */
 enum { LV_J_KIND, LV_J_BASE, LV_J_N_, LV_J_WIDTH, LV_J_BF16, LV_J_FD, LV_J_FOFF, LV_J_T,
        LV_J_BLOB0, LV_J_REC0, LV_J_NREC0, LV_J_NNZ0, LV_J_RAW0, LV_J_BLEN0,
        LV_J_BLOB1, LV_J_REC1, LV_J_NREC1, LV_J_NNZ1, LV_J_RAW1, LV_J_BLEN1,
@@ -1221,16 +1259,29 @@ int32_t lv_release(const void *addr, int64_t len);
 #ifndef _WIN32
 typedef struct { uintptr_t a, b; } lv_range;
 
+#define LV_NWIN 4      /* window buffers per compute thread */
+#define LV_QCAP 64     /* writes waiting for the writer thread */
+
 typedef struct {
+    int fd; const char *buf; int64_t len, off, job; int slot; lv_ctx *ctx;
+} lv_witem;
+
+typedef struct lv_pool {
     int64_t *jobs; int64_t njobs;
-    void *lock; int64_t release;
+    int64_t release;
     const double *rule;                /* TIES jobs: weights and consensus rule */
     int64_t next, stop, done_count;   /* next job to take; first failed job (njobs if none) */
-    pthread_mutex_t mu;                /* guards the release state below and stop */
+    pthread_mutex_t mu;                /* guards the release state below */
     int64_t prefix;                    /* jobs [0, prefix) are finished (any state) */
     uint8_t *finished;
     lv_range *pending; int64_t npending, cap; uintptr_t pending_bytes;
     int nomem;
+    /* the writer thread: a queue of writes, the compute threads' window buffers, and per job the
+     * references still out (the computing thread's, one per queued write) */
+    pthread_mutex_t qmu;
+    pthread_cond_t q_items, q_space, buf_free;
+    lv_witem q[LV_QCAP]; int64_t qhead, qcount; int producers;
+    int64_t *refs, *state, *werr;
 } lv_pool;
 
 static int lv_range_cmp(const void *x, const void *y) {
@@ -1284,15 +1335,88 @@ static void lv_pool_finish(lv_pool *p, int64_t j) {
     pthread_mutex_unlock(&p->mu);
 }
 
-/* Copy an untouched tensor from its mapping to the output, 1 MiB per write (the lock is taken per
- * step, so other threads' writes interleave). */
-static int lv_copy_out(const uint8_t *src, int64_t len, int fd, int64_t off, void *lock, int64_t *err) {
-    const int64_t step = 1 << 20;
-    for (int64_t pos = 0; pos < len; pos += step) {
-        int64_t k = len - pos < step ? len - pos : step;
-        if (lv_flush(fd, (const char *)src + pos, k, off + pos, lock, err)) return -1;
+/* Job j's outcome once its last reference is dropped (its computation and every write it queued
+ * are done): a failed write fails the job; record the state (last), then the page release. */
+static void lv_job_unref(lv_pool *p, int64_t j) {
+    if (__atomic_sub_fetch(&p->refs[j], 1, __ATOMIC_ACQ_REL) != 0) return;
+    int64_t *r = p->jobs + j * LV_J_N, state = p->state[j];
+    int64_t werr = __atomic_load_n(&p->werr[j], __ATOMIC_ACQUIRE);
+    if (werr && state == 1) { r[LV_J_ERR0] = 4; r[LV_J_ERR1] = 0; r[LV_J_ERR2] = werr; state = 3; }
+    if (state == 3) {  /* jobs after this one are not started */
+        int64_t s = __atomic_load_n(&p->stop, __ATOMIC_RELAXED);
+        while (j < s && !__atomic_compare_exchange_n(&p->stop, &s, j, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {}
     }
-    return 0;
+    if (state) r[LV_J_DONE_AT] = __atomic_add_fetch(&p->done_count, 1, __ATOMIC_RELAXED);
+    __atomic_store_n(&r[LV_J_STATE], state, __ATOMIC_RELEASE);
+    lv_pool_finish(p, j);
+}
+
+/* Queue a write of the current job (slot: the window buffer it is in, -1 for memory the writer
+ * does not give back, e.g. the base mapping); waits while the queue is full. */
+static void lv_wq_push(lv_pool *p, int fd, const char *buf, int64_t len, int64_t off, int slot, lv_ctx *c) {
+    __atomic_add_fetch(&p->refs[lv_tls.job], 1, __ATOMIC_ACQ_REL);
+    pthread_mutex_lock(&p->qmu);
+    while (p->qcount == LV_QCAP) pthread_cond_wait(&p->q_space, &p->qmu);
+    lv_witem *it = &p->q[(p->qhead + p->qcount) % LV_QCAP];
+    it->fd = fd; it->buf = buf; it->len = len; it->off = off; it->job = lv_tls.job; it->slot = slot; it->ctx = c;
+    p->qcount++;
+    pthread_cond_signal(&p->q_items);
+    pthread_mutex_unlock(&p->qmu);
+}
+
+/* One of this thread's free window buffers (waiting for the writer to free one). */
+static int lv_wq_take(lv_pool *p, lv_ctx *c) {
+    pthread_mutex_lock(&p->qmu);
+    for (;;) {
+        for (int k = 0; k < LV_NWIN; k++)
+            if (!c->busy[k]) { c->busy[k] = 1; pthread_mutex_unlock(&p->qmu); return k; }
+        pthread_cond_wait(&p->buf_free, &p->qmu);
+    }
+}
+
+static void *lv_wq_window(const char *buf, int fd, int64_t len, int64_t off, int more) {
+    lv_pool *p = lv_tls.p;
+    lv_ctx *c = (lv_ctx *)lv_tls.c;
+    lv_wq_push(p, fd, buf, len, off, lv_tls.slot, c);
+    lv_tls.slot = more ? lv_wq_take(p, c) : -1;
+    return lv_tls.slot >= 0 ? (void *)c->win[lv_tls.slot] : NULL;
+}
+
+/* The writer thread: every write of the merge, in queue order, so that no two threads contend
+ * for the file's lock in the kernel (the sleeping or spinning waiters cost idle or burnt CPU). */
+static void *lv_pool_writer(void *arg) {
+    lv_pool *p = (lv_pool *)arg;
+    for (;;) {
+        pthread_mutex_lock(&p->qmu);
+        while (p->qcount == 0 && p->producers > 0) pthread_cond_wait(&p->q_items, &p->qmu);
+        if (p->qcount == 0) { pthread_mutex_unlock(&p->qmu); break; }
+        lv_witem it = p->q[p->qhead];
+        p->qhead = (p->qhead + 1) % LV_QCAP; p->qcount--;
+        pthread_cond_signal(&p->q_space);
+        pthread_mutex_unlock(&p->qmu);
+        int64_t err[3] = {0, 0, 0};
+        if (lv_flush(it.fd, it.buf, it.len, it.off, NULL, err)) {
+            int64_t zero = 0;
+            __atomic_compare_exchange_n(&p->werr[it.job], &zero, err[2] ? err[2] : 5, 0, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_RELAXED);
+        }
+        if (it.slot >= 0) {
+            pthread_mutex_lock(&p->qmu);
+            it.ctx->busy[it.slot] = 0;
+            pthread_cond_broadcast(&p->buf_free);
+            pthread_mutex_unlock(&p->qmu);
+        }
+        lv_job_unref(p, it.job);
+    }
+    return NULL;
+}
+
+/* Copy an untouched tensor from its mapping to the output: 1 MiB writes queued for the writer
+ * thread, straight from the mapping. */
+static void lv_copy_out(lv_pool *p, const uint8_t *src, int64_t len, int fd, int64_t off) {
+    const int64_t step = 1 << 20;
+    for (int64_t pos = 0; pos < len; pos += step)
+        lv_wq_push(p, fd, (const char *)src + pos, len - pos < step ? len - pos : step, off + pos, -1, NULL);
 }
 
 static void lv_gather_sample(const uint8_t *base, int64_t n, int width, int64_t s, uint8_t *out) {
@@ -1314,7 +1438,7 @@ int64_t lv_consensus2(void *out_, const void *base_, int64_t n, int32_t width,
                       int64_t *err, float *stash, uint8_t *seen, int32_t fd, int64_t foff, void *lock, int32_t idx32);
 
 /* One TIES job (kind 2, see above); returns the changed entries, err as lv_run_jobs's jobs. */
-static int64_t lv_ties_job(lv_ctx *c, const int64_t *r, const double *rule, int64_t *err, void *lock) {
+static int64_t lv_ties_job(lv_ctx *c, void *window, const int64_t *r, const double *rule, int64_t *err, void *lock) {
     const uint8_t *base = (const uint8_t *)(uintptr_t)r[LV_J_BASE];
     int64_t n = r[LV_J_N_];
     int32_t w = (int32_t)r[LV_J_WIDTH];
@@ -1362,7 +1486,7 @@ static int64_t lv_ties_job(lv_ctx *c, const int64_t *r, const double *rule, int6
         }
     }
     memset(c->seen.p, 0, LV_BLOCK);
-    return lv_consensus2(c->window, base, n, w, c->tidx[0].p, (const float *)c->tval[0].p, kept[0], c->tidx[1].p,
+    return lv_consensus2(window, base, n, w, c->tidx[0].p, (const float *)c->tval[0].p, kept[0], c->tidx[1].p,
                          (const float *)c->tval[1].p, kept[1], (float)rule[0], (float)rule[1], (int32_t)rule[2],
                          (int32_t)rule[3], (int32_t)rule[4], (float)rule[5], (int32_t)rule[6], err,
                          (float *)c->stash.p, c->seen.p, (int32_t)r[LV_J_FD], r[LV_J_FOFF], lock, idx32);
@@ -1371,14 +1495,19 @@ static int64_t lv_ties_job(lv_ctx *c, const int64_t *r, const double *rule, int6
 static void *lv_pool_worker(void *arg) {
     lv_pool *p = (lv_pool *)arg;
     lv_ctx *c = (lv_ctx *)lv_ctx_new();
+    for (int k = 0; c && k < LV_NWIN; k++)
+        if (!(c->win[k] = (uint8_t *)malloc((size_t)LV_WINDOW * 4))) { lv_ctx_free(c); c = NULL; }
     if (!c) { pthread_mutex_lock(&p->mu); p->nomem = 1; pthread_mutex_unlock(&p->mu); }
+    lv_tls.p = p; lv_tls.c = c;
     for (;;) {
         int64_t j = __atomic_fetch_add(&p->next, 1, __ATOMIC_RELAXED);
         if (j >= p->njobs) break;
         int64_t *r = p->jobs + j * LV_J_N;
-        int64_t stop = __atomic_load_n(&p->stop, __ATOMIC_RELAXED);
-        if (j > stop || !c) {  /* after a failed job, or no context: left undone (state 0) */
-            lv_pool_finish(p, j);
+        p->refs[j] = 1;  /* this thread's, dropped once its computation is done */
+        lv_tls.job = j;
+        if (j > __atomic_load_n(&p->stop, __ATOMIC_RELAXED) || !c) {  /* after a failed job, or no context */
+            p->state[j] = 0;
+            lv_job_unref(p, j);
             continue;
         }
         const uint8_t *base = (const uint8_t *)(uintptr_t)r[LV_J_BASE];
@@ -1388,28 +1517,45 @@ static void *lv_pool_worker(void *arg) {
         if (r[LV_J_NSAMPLE] > 0)
             lv_gather_sample(base, n, (int)w, r[LV_J_NSAMPLE], (uint8_t *)(uintptr_t)r[LV_J_SAMPLE]);
         if (r[LV_J_KIND] == 0) {
-            if (lv_copy_out(base, n * w, (int)r[LV_J_FD], r[LV_J_FOFF], p->lock, err)) state = 3;
-        } else if (r[LV_J_KIND] == 2) {
-            r[LV_J_CHANGED] = lv_ties_job(c, r, p->rule, err, p->lock);
-            if (err[0] == 5 || err[0] == 6) state = 2;
-            else if (err[0]) state = 3;
+            lv_copy_out(p, base, n * w, (int)r[LV_J_FD], r[LV_J_FOFF]);
         } else {
-            r[LV_J_CHANGED] = lv_sum_coded(
-                c, base, n, (int32_t)w, (int32_t)r[LV_J_BF16], (int32_t)r[LV_J_T],
-                (const uint8_t *)(uintptr_t)r[LV_J_BLOB0], (const int64_t *)(uintptr_t)r[LV_J_REC0], r[LV_J_NREC0],
-                r[LV_J_NNZ0], (int32_t)r[LV_J_RAW0],
-                (const uint8_t *)(uintptr_t)r[LV_J_BLOB1], (const int64_t *)(uintptr_t)r[LV_J_REC1], r[LV_J_NREC1],
-                r[LV_J_NNZ1], (int32_t)r[LV_J_RAW1], err, (int32_t)r[LV_J_FD], r[LV_J_FOFF], p->lock);
+            lv_tls.slot = lv_wq_take(p, c);
+            void *window = c->win[lv_tls.slot];
+            if (r[LV_J_KIND] == 2)
+                r[LV_J_CHANGED] = lv_ties_job(c, window, r, p->rule, err, NULL);
+            else
+                r[LV_J_CHANGED] = lv_sum_coded_w(
+                    c, window, base, n, (int32_t)w, (int32_t)r[LV_J_BF16], (int32_t)r[LV_J_T],
+                    (const uint8_t *)(uintptr_t)r[LV_J_BLOB0], (const int64_t *)(uintptr_t)r[LV_J_REC0],
+                    r[LV_J_NREC0], r[LV_J_NNZ0], (int32_t)r[LV_J_RAW0],
+                    (const uint8_t *)(uintptr_t)r[LV_J_BLOB1], (const int64_t *)(uintptr_t)r[LV_J_REC1],
+                    r[LV_J_NREC1], r[LV_J_NNZ1], (int32_t)r[LV_J_RAW1], err, (int32_t)r[LV_J_FD], r[LV_J_FOFF], NULL);
+            if (lv_tls.slot >= 0) {  /* the window the kernel held last, never queued */
+                pthread_mutex_lock(&p->qmu);
+                c->busy[lv_tls.slot] = 0;
+                pthread_mutex_unlock(&p->qmu);
+                lv_tls.slot = -1;
+            }
             if (err[0] == 5 || err[0] == 6) state = 2;
             else if (err[0]) state = 3;
         }
-        if (state == 3) {  /* jobs after this one are not started */
-            int64_t s = __atomic_load_n(&p->stop, __ATOMIC_RELAXED);
-            while (j < s && !__atomic_compare_exchange_n(&p->stop, &s, j, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {}
+        p->state[j] = state;
+        lv_job_unref(p, j);
+    }
+    lv_tls.p = NULL; lv_tls.c = NULL;
+    pthread_mutex_lock(&p->qmu);
+    p->producers--;
+    pthread_cond_broadcast(&p->q_items);
+    pthread_mutex_unlock(&p->qmu);
+    if (c) {  /* the writer may still hold this thread's windows: wait until it gave them back */
+        pthread_mutex_lock(&p->qmu);
+        for (;;) {
+            int busy = 0;
+            for (int k = 0; k < LV_NWIN; k++) busy |= c->busy[k];
+            if (!busy) break;
+            pthread_cond_wait(&p->buf_free, &p->qmu);
         }
-        r[LV_J_DONE_AT] = __atomic_add_fetch(&p->done_count, 1, __ATOMIC_RELAXED);
-        __atomic_store_n(&r[LV_J_STATE], state, __ATOMIC_RELEASE);
-        lv_pool_finish(p, j);
+        pthread_mutex_unlock(&p->qmu);
     }
     lv_ctx_free(c);
     return NULL;
@@ -1418,22 +1564,47 @@ static void *lv_pool_worker(void *arg) {
 /* Run the job table on nthreads threads (see above). Returns 0, or -1 when no thread could be
  * started or memory was short (jobs not run keep state 0: the caller runs them itself). */
 int32_t lv_run_jobs(int64_t *jobs, int64_t njobs, int32_t nthreads, void *lock, int64_t release, const double *rule) {
-    lv_pool p;
-    memset(&p, 0, sizeof p);
-    p.jobs = jobs; p.njobs = njobs; p.lock = lock; p.release = release; p.stop = njobs; p.rule = rule;
-    p.finished = (uint8_t *)calloc((size_t)(njobs > 0 ? njobs : 1), 1);
-    pthread_t *th = (pthread_t *)calloc((size_t)(nthreads > 0 ? nthreads : 1), sizeof(pthread_t));
-    if (!p.finished || !th) { free(p.finished); free(th); return -1; }
-    pthread_mutex_init(&p.mu, NULL);
-    int started = 0;
-    for (int k = 0; k < nthreads; k++)
-        if (pthread_create(&th[started], NULL, lv_pool_worker, &p) == 0) started++;
-    if (!started) lv_pool_worker(&p);  /* run on this thread */
-    for (int k = 0; k < started; k++) pthread_join(th[k], NULL);
-    lv_pool_flush_release(&p);
-    pthread_mutex_destroy(&p.mu);
-    free(p.pending); free(p.finished); free(th);
-    return p.nomem ? -1 : 0;
+    (void)lock;  /* one writer thread: no lock needed (kept for the calling convention) */
+    lv_pool *p = (lv_pool *)calloc(1, sizeof(lv_pool));
+    if (!p) return -1;
+    int n = nthreads > 0 ? nthreads : 1;
+    size_t nj = (size_t)(njobs > 0 ? njobs : 1);
+    p->jobs = jobs; p->njobs = njobs; p->release = release; p->stop = njobs; p->rule = rule;
+    p->finished = (uint8_t *)calloc(nj, 1);
+    p->refs = (int64_t *)calloc(nj, sizeof(int64_t));
+    p->state = (int64_t *)calloc(nj, sizeof(int64_t));
+    p->werr = (int64_t *)calloc(nj, sizeof(int64_t));
+    pthread_t *th = (pthread_t *)calloc((size_t)n + 1, sizeof(pthread_t));
+    if (!p->finished || !p->refs || !p->state || !p->werr || !th) {
+        free(p->finished); free(p->refs); free(p->state); free(p->werr); free(th); free(p);
+        return -1;
+    }
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_mutex_init(&p->qmu, NULL);
+    pthread_cond_init(&p->q_items, NULL); pthread_cond_init(&p->q_space, NULL); pthread_cond_init(&p->buf_free, NULL);
+    p->producers = n;
+    int rc = 0, started = 0;
+    pthread_t writer;
+    if (pthread_create(&writer, NULL, lv_pool_writer, p) != 0) {
+        rc = -1;  /* no writer thread: nothing runs, the caller does every job */
+    } else {
+        for (int k = 0; k < n; k++)
+            if (pthread_create(&th[started], NULL, lv_pool_worker, p) == 0) started++;
+        pthread_mutex_lock(&p->qmu);
+        p->producers -= n - started;  /* threads that did not start produce nothing */
+        pthread_cond_broadcast(&p->q_items);
+        pthread_mutex_unlock(&p->qmu);
+        if (!started) rc = -1;
+        for (int k = 0; k < started; k++) pthread_join(th[k], NULL);
+        pthread_join(writer, NULL);
+    }
+    lv_pool_flush_release(p);
+    pthread_cond_destroy(&p->q_items); pthread_cond_destroy(&p->q_space); pthread_cond_destroy(&p->buf_free);
+    pthread_mutex_destroy(&p->qmu);
+    pthread_mutex_destroy(&p->mu);
+    if (p->nomem) rc = -1;
+    free(p->pending); free(p->finished); free(p->refs); free(p->state); free(p->werr); free(th); free(p);
+    return rc;
 }
 
 /* Give the pages of [addr, addr + len) of a file mapping back to the kernel (MADV_DONTNEED; the

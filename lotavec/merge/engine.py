@@ -841,7 +841,7 @@ class _MergeJobs:
         exact = _exact_sum(params, len(tks))
         ties = not exact and len(tks) == 2 and _trims_from_gaps("BF16", tks, params)  # (the dtype is checked below)
         if (lib is None or trims is not None or not (exact or ties) or not names
-                or (checks is not None and checks.full) or not isinstance(writer.io_lock, native.Mutex)):
+                or (checks is not None and checks.full)):
             return None
         rule = [0.0] * 7
         if ties:  # as _consensus_native passes them
@@ -903,18 +903,14 @@ class _MergeJobs:
         lib, table, names = native.kernels("codec"), self.table, self.names
         finished = np.zeros(len(names), bool)
 
-        # Without write-back running alongside, the threads write without a lock of ours: the
-        # file's own lock in the kernel serializes them with less idle time than waiters asleep
-        # on a mutex (faster on SmolLM2 in our runs). With write-back started as tensors finish
-        # (fsync), a writer can block inside the kernel while the others spin on that lock (some
-        # runs took twice the CPU time): they then sleep on the mutex.
-        lock = writer.io_lock.ptr if writer.flushes_behind else None
-        # by default a thread per core; with the mutex, one more (one of them is often asleep on it)
-        threads = min(64, max(1, threads or (os.cpu_count() or 1) + (lock is not None)))
+        # By default one C thread per core and one more compute; a separate thread does every
+        # write (no two threads contend for the file's lock in the kernel: waiters asleep on a
+        # mutex leave a core idle, waiters spinning on the kernel's lock burn it).
+        threads = min(64, max(1, threads or (os.cpu_count() or 1) + 1))
 
         def call() -> int:
-            return lib.lv_run_jobs(native.ptr(table), len(names), threads, lock, SafetensorsFile.RELEASE_BATCH,
-                                  native.ptr(self.rule))
+            return lib.lv_run_jobs(native.ptr(table), len(names), threads, None, SafetensorsFile.RELEASE_BATCH,
+                                   native.ptr(self.rule))
 
         def account() -> int:  # tensors done so far: the writer counts them (write-back starts)
             new = np.flatnonzero((table[:, self.STATE] == 1) & ~finished)
