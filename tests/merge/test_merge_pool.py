@@ -248,3 +248,35 @@ def test_a_corrupt_chunk_on_the_c_threads_is_decoded_again_by_the_python_codecs(
         assert c == py and c[0] is ChecksumError and f"tensor {name!r}" in c[1]
         states = runs[0]
         assert states is not None and 2 in states and 1 in states
+
+
+@pytest.mark.parametrize("which", ["touched", "untouched"])
+def test_a_failed_write_on_the_c_threads_fails_the_merge_naming_the_tensor(kit, tmp_path, monkeypatch, runs, which):
+    """The writer thread's failed write (here: a read-only descriptor, EBADF) fails that tensor's
+    job; the merge raises OSError naming it and leaves no output."""
+    import os
+
+    import lotavec.hfwriter as hw
+    from lotavec.models import open_model
+
+    with lotavec.load_ticket(kit["A"]) as t:
+        touched = set(t.names)
+
+    with open_model(kit["base"]) as src:
+        names = src.names()
+    name = next(n for n in names if (n in touched) == (which == "touched"))
+    ro = os.open(os.devnull, os.O_RDONLY)
+    real = hw.ShardedWriter.target
+
+    def target(self, n):
+        fd, off = real(self, n)
+        return (ro, off) if n == name else (fd, off)
+
+    monkeypatch.setattr(hw.ShardedWriter, "target", target)
+    try:
+        with pytest.raises(OSError, match=f"tensor {name!r}: writing the merged tensor failed"):
+            merge(kit["base"], [kit["A"]], tmp_path / "out", fsync=False)
+    finally:
+        os.close(ro)
+    assert runs[0] is not None and 3 in runs[0]
+    assert not (tmp_path / "out").exists()
