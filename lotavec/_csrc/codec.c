@@ -495,6 +495,7 @@ static struct {
     unsigned long long (*content_size)(const void *, size_t);
     size_t (*frame_size)(const void *, size_t);
     unsigned (*is_error)(size_t);
+    const char *(*error_name)(size_t);
 } lv_zstd;
 static pthread_once_t lv_zstd_once = PTHREAD_ONCE_INIT;
 
@@ -507,6 +508,7 @@ static void lv_zstd_load(void) {
     *(void **)&lv_zstd.content_size = dlsym(h, "ZSTD_getFrameContentSize");
     *(void **)&lv_zstd.frame_size = dlsym(h, "ZSTD_findFrameCompressedSize");
     *(void **)&lv_zstd.is_error = dlsym(h, "ZSTD_isError");
+    *(void **)&lv_zstd.error_name = dlsym(h, "ZSTD_getErrorName");
     lv_zstd.ok = lv_zstd.create && lv_zstd.destroy && lv_zstd.decompress && lv_zstd.content_size
                  && lv_zstd.frame_size && lv_zstd.is_error;
 }
@@ -521,6 +523,52 @@ static int lv_unzstd(lv_zstd_dctx *d, const uint8_t *src, int64_t len, uint8_t *
     return lv_zstd.is_error(r) || r != (size_t)expected ? -1 : 0;
 }
 #endif
+
+/* One zstd frame for the Python codecs (lotavec/format/codecs.py), decoded by the same libzstd as
+ * the merge's compiled decoders, so that a ticket is accepted or refused alike on both paths:
+ * exactly one frame of `len` bytes holding `expected` bytes (its declared size was checked by the
+ * caller). Returns 0, -1 when the frame is followed by other bytes, or a zstd error code (> 0,
+ * its name from lv_zstd_error). dctx: from lv_dctx_new. */
+void *lv_dctx_new(void) {
+#ifdef _WIN32
+    return NULL;
+#else
+    pthread_once(&lv_zstd_once, lv_zstd_load);
+    return lv_zstd.ok ? (void *)lv_zstd.create() : NULL;
+#endif
+}
+
+void lv_dctx_free(void *d) {
+#ifndef _WIN32
+    if (d) lv_zstd.destroy((lv_zstd_dctx *)d);
+#else
+    (void)d;
+#endif
+}
+
+int64_t lv_zstd_frame(void *d, const uint8_t *src, int64_t len, uint8_t *dst, int64_t expected) {
+#ifdef _WIN32
+    (void)d; (void)src; (void)len; (void)dst; (void)expected;
+    return -1;
+#else
+    size_t fs = lv_zstd.frame_size(src, (size_t)len);
+    if (lv_zstd.is_error(fs)) return (int64_t)(0 - fs);
+    if (fs != (size_t)len) return -1;
+    size_t r = lv_zstd.decompress((lv_zstd_dctx *)d, dst, (size_t)expected, src, (size_t)len);
+    if (lv_zstd.is_error(r)) return (int64_t)(0 - r);
+    return r == (size_t)expected ? 0 : -2;
+#endif
+}
+
+/* The name of a zstd error code returned by lv_zstd_frame. */
+const char *lv_zstd_error(int64_t code) {
+#ifdef _WIN32
+    (void)code;
+    return "unknown error";
+#else
+    return lv_zstd.error_name ? lv_zstd.error_name((size_t)(0 - (size_t)code)) : "unknown error";
+#endif
+}
 
 typedef struct { uint8_t *p; size_t cap; } lv_buf;
 

@@ -61,14 +61,50 @@ def zstd_compress(data: bytes | memoryview | np.ndarray, level: int = _ZSTD_LEVE
     return _cctx(level).compress(buf)
 
 
-def zstd_decompress(data: bytes | memoryview, expected: int, what: str) -> bytes:
-    """Decompress exactly one zstd frame that must declare and hold ``expected`` bytes."""
+class _NativeDCtx:
+    """A zstd decompression context of the system's libzstd (``lv_dctx_new``), freed with its thread."""
+
+    def __init__(self, lib):
+        self.lib, self.ptr = lib, lib.lv_dctx_new()
+
+    def __del__(self):
+        if self.ptr:
+            self.lib.lv_dctx_free(self.ptr)
+
+
+def _native_dctx(lib) -> int | None:
+    d = getattr(_local, "ndctx", None)
+    if d is None or d.lib is not lib:
+        d = _local.ndctx = _NativeDCtx(lib)
+    return d.ptr
+
+
+def zstd_decompress(data: bytes | memoryview, expected: int, what: str) -> bytes | np.ndarray:
+    """Decompress exactly one zstd frame that must declare and hold ``expected`` bytes.
+
+    With the compiled kernels and the system's ``libzstd.so.1``, the frame is decoded by that
+    library (a uint8 array is returned), the one the merge's compiled decoders use: zstd versions
+    differ in which corrupt frames they detect, and a ticket must be accepted or refused alike
+    whichever path reads it. Otherwise (or for an empty frame) by the ``zstandard`` package.
+    """
     try:
         declared = zstandard.frame_content_size(data)
     except zstandard.ZstdError as e:
         raise CorruptTicketError(f"{what}: not a zstd frame ({e})") from None
     if declared != expected:
         raise CorruptTicketError(f"{what}: zstd frame declares {declared} bytes, manifest expects {expected}")
+    lib = native.kernels("codec") if expected else None
+    d = _native_dctx(lib) if lib is not None else None
+    if d:
+        src = np.frombuffer(data, np.uint8)
+        out = np.empty(expected, np.uint8)
+        rc = lib.lv_zstd_frame(d, native.ptr(src), src.size, native.ptr(out), expected)
+        if rc == 0:
+            return out
+        if rc == -1:
+            raise CorruptTicketError(f"{what}: zstd stream is corrupt (bytes after the frame)")
+        why = "decompressed to fewer bytes than declared" if rc == -2 else lib.lv_zstd_error(rc).decode("ascii", "replace")
+        raise CorruptTicketError(f"{what}: zstd stream is corrupt (decompression error: {why})")
     try:
         if expected == 0:
             # decompress() returns b"" for an empty frame without reading it: check the whole
@@ -196,7 +232,8 @@ def decode_gaps(data: bytes | memoryview, nnz: int, length: int, what: str, widt
     return idx
 
 
-def gap_planes(codec: str, data: bytes | memoryview, nnz: int, length: int, what: str) -> tuple[int, bytes] | None:
+def gap_planes(codec: str, data: bytes | memoryview, nnz: int, length: int, what: str
+               ) -> tuple[int, bytes | np.ndarray] | None:
     """A chunk's mask as gap byte planes, for kernels that read the gaps themselves (see
     ``lv_cursor`` in lotavec/_csrc/codec.c): ``(width, planes)``, range-checked like
     :func:`decode_mask` but without writing any index out. ``none``/``all`` chunks give width-1
@@ -216,7 +253,8 @@ def gap_planes(codec: str, data: bytes | memoryview, nnz: int, length: int, what
         raise CorruptTicketError(f"{what}: unknown mask codec {codec!r}")
     width = _GAP_WIDTH[codec]
     raw = zstd_decompress(data, width * nnz, what)
-    last = lib.lv_gaps_decode(raw, width, nnz, 0, None)
+    src = raw if isinstance(raw, np.ndarray) else np.frombuffer(raw, np.uint8)
+    last = lib.lv_gaps_decode(native.ptr(src) if src.size else None, width, nnz, 0, None)
     if last >= length:
         raise CorruptTicketError(f"{what}: mask index {last} is out of range for a chunk of {length} elements")
     return width, raw

@@ -40,7 +40,7 @@ class GapCoded:
     starts: np.ndarray
     counts: np.ndarray
     widths: np.ndarray
-    planes: list[bytes]
+    planes: list[bytes | np.ndarray]
     payload: np.ndarray
 
     def kernel_args(self) -> tuple[tuple, list]:

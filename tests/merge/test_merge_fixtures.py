@@ -163,10 +163,10 @@ def _base_for(ticket_path: Path, tmp_path: Path, *, raw_on_zeros: bool = False, 
 @pytest.mark.parametrize("name", _invalid_decode_cases())
 def test_corrupt_chunk_is_refused_by_a_merge_with_the_readers_error(name, path, tmp_path, monkeypatch):
     ticket = FIXTURES / "invalid" / name
-    want = _reader_error(ticket)
-    assert type(want) is getattr(errors, name.split("__")[0])
     base = _base_for(ticket, tmp_path)
     decoded = _use(path, monkeypatch)
+    want = _reader_error(ticket)  # in the same configuration (the zstd library decides the wording)
+    assert type(want) is getattr(errors, name.split("__")[0])
     with pytest.raises(LotavecError) as got:
         merge(base, [ticket], tmp_path / "out", fsync=False, force=True)
     assert type(got.value) is type(want) and str(got.value) == str(want)
