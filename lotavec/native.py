@@ -65,7 +65,7 @@ SIGNATURES: dict[str, dict[str, tuple]] = {
         "lv_ctx_decode": (_I64, [_P, _P, _P, _I64, _I64, _I32, _I32, _I32, _P]),
         "lv_gaps_indices": (None, [_I64, _P, _P, _P, _P, _P]),
         "lv_populate": (_I32, [_P, _I64]),
-        "lv_run_jobs": (_I32, [_P, _I64, _I32, _P, _I64, _P]),
+        "lv_run_jobs": (_I32, [_P, _I64, _I32, _I64, _P]),
         "lv_release": (_I32, [_P, _I64]),
         "lv_dctx_new": (_P, []),
         "lv_dctx_free": (None, [_P]),

@@ -514,13 +514,12 @@ static void lv_zstd_load(void) {
 }
 
 /* Exactly one zstd frame of `len` bytes that declares and holds `expected` bytes. */
+int64_t lv_zstd_frame(void *d, const uint8_t *src, int64_t len, uint8_t *dst, int64_t expected);
+
 static int lv_unzstd(lv_zstd_dctx *d, const uint8_t *src, int64_t len, uint8_t *dst, int64_t expected) {
     if (expected < 0 || len <= 0) return -1;
     if (lv_zstd.content_size(src, (size_t)len) != (unsigned long long)expected) return -1;
-    size_t fs = lv_zstd.frame_size(src, (size_t)len);
-    if (lv_zstd.is_error(fs) || fs != (size_t)len) return -1;
-    size_t r = lv_zstd.decompress(d, dst, (size_t)expected, src, (size_t)len);
-    return lv_zstd.is_error(r) || r != (size_t)expected ? -1 : 0;
+    return lv_zstd_frame(d, src, len, dst, expected) ? -1 : 0;
 }
 #endif
 
@@ -572,6 +571,8 @@ const char *lv_zstd_error(int64_t code) {
 
 typedef struct { uint8_t *p; size_t cap; } lv_buf;
 
+#define LV_NWIN 4      /* window buffers per compute thread of lv_run_jobs */
+
 static int lv_grow(lv_buf *b, size_t need) {
     if (need <= b->cap) return 0;
     uint8_t *p = (uint8_t *)realloc(b->p, need);
@@ -587,7 +588,7 @@ typedef struct {
     lv_buf gaps[2], pay[2], meta[2], vals;
     uint8_t *window, *mark;
     lv_buf delta, hist, tidx[2], tval[2], stash, seen;  /* TIES jobs of lv_run_jobs */
-    uint8_t *win[4]; int busy[4];                       /* lv_run_jobs: windows for its writer */
+    uint8_t *win[LV_NWIN]; int busy[LV_NWIN];           /* lv_run_jobs: windows for its writer */
 } lv_ctx;
 
 void lv_ctx_free(void *c_) {
@@ -601,7 +602,7 @@ void lv_ctx_free(void *c_) {
     }
     free(c->vals.p); free(c->window); free(c->mark);
     free(c->delta.p); free(c->hist.p); free(c->stash.p); free(c->seen.p);
-    for (int k = 0; k < 4; k++) free(c->win[k]);
+    for (int k = 0; k < LV_NWIN; k++) free(c->win[k]);
     free(c);
 }
 
@@ -1280,8 +1281,7 @@ int32_t lv_populate(const void *addr, int64_t len) { (void)addr; (void)len; retu
  * order, then gives the window buffer back (LV_NWIN per thread). No Python runs, so no thread waits
  * for the GIL, and no two threads contend for the file's lock. A job is finished once its
  * computation and all its writes are; pages of the base and tickets are then given back
- * (MADV_DONTNEED) in batches of `release` bytes once every job before them is finished. `lock` is
- * unused (one writer).
+ * (MADV_DONTNEED) in batches of `release` bytes once every job before them is finished.
  *
  * Kind 2 is TIES (exactly two tickets in the merge; `rule` = weights w0, w1, then the consensus
  * rule of lv_consensus2: peft, total, normalize, lambda, apply lambda): each live ticket (slot s,
@@ -1307,7 +1307,6 @@ int32_t lv_release(const void *addr, int64_t len);
 #ifndef _WIN32
 typedef struct { uintptr_t a, b; } lv_range;
 
-#define LV_NWIN 4      /* window buffers per compute thread */
 #define LV_QCAP 64     /* writes waiting for the writer thread */
 
 typedef struct {
@@ -1519,12 +1518,8 @@ static int64_t lv_ties_job(lv_ctx *c, void *window, const int64_t *r, const doub
         }
         if (k >= nnz) {  /* every entry kept, in order */
             int64_t j = 0;
-            for (int64_t q = 0; q < tk[2]; q++) {
-                int64_t i = st[q] - 1;
-                for (int64_t e = 0; e < cn[q]; e++, j++) {
-                    i += (int64_t)lv_gap_at(pl[q], wd[q], cn[q], e) + 1;
-                    if (idx32) ((int32_t *)c->tidx[tix].p)[j] = (int32_t)i; else ((int64_t *)c->tidx[tix].p)[j] = i;
-                }
+            for (lv_cursor q = lv_cur_gaps(tk[2], st, cn, wd, pl); q.i != INT64_MAX; lv_cur_next(&q, 1), j++) {
+                if (idx32) ((int32_t *)c->tidx[tix].p)[j] = (int32_t)q.i; else ((int64_t *)c->tidx[tix].p)[j] = q.i;
             }
             memcpy(c->tval[tix].p, d, (size_t)nnz * sizeof(float));
             kept[tix] = nnz;
@@ -1611,8 +1606,7 @@ static void *lv_pool_worker(void *arg) {
 
 /* Run the job table on nthreads threads (see above). Returns 0, or -1 when no thread could be
  * started or memory was short (jobs not run keep state 0: the caller runs them itself). */
-int32_t lv_run_jobs(int64_t *jobs, int64_t njobs, int32_t nthreads, void *lock, int64_t release, const double *rule) {
-    (void)lock;  /* one writer thread: no lock needed (kept for the calling convention) */
+int32_t lv_run_jobs(int64_t *jobs, int64_t njobs, int32_t nthreads, int64_t release, const double *rule) {
     lv_pool *p = (lv_pool *)calloc(1, sizeof(lv_pool));
     if (!p) return -1;
     int n = nthreads > 0 ? nthreads : 1;
@@ -1664,8 +1658,8 @@ int32_t lv_release(const void *addr, int64_t len) {
     return madvise((void *)a, (size_t)((uintptr_t)addr + (uintptr_t)len - a), MADV_DONTNEED) ? errno : 0;
 }
 #else
-int32_t lv_run_jobs(int64_t *jobs, int64_t njobs, int32_t nthreads, void *lock, int64_t release, const double *rule) {
-    (void)jobs; (void)njobs; (void)nthreads; (void)lock; (void)release; (void)rule;
+int32_t lv_run_jobs(int64_t *jobs, int64_t njobs, int32_t nthreads, int64_t release, const double *rule) {
+    (void)jobs; (void)njobs; (void)nthreads; (void)release; (void)rule;
     return -1;
 }
 int32_t lv_release(const void *addr, int64_t len) { (void)addr; (void)len; return 38; }

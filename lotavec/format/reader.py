@@ -54,12 +54,9 @@ class GapCoded:
 
     def indices(self) -> np.ndarray:
         """The mask's flat indices (int64), decoded from the planes (compiled kernels required)."""
-        lib = native.kernels("codec")
-        idx, off = np.empty(int(self.counts.sum()), np.int64), 0
-        for plane, start, cnt, w in zip(self.planes, self.starts.tolist(), self.counts.tolist(), self.widths.tolist()):
-            src = np.frombuffer(plane, np.uint8)
-            lib.lv_gaps_decode(native.ptr(src), w, cnt, start, native.ptr(idx[off:]))
-            off += cnt
+        idx = np.empty(int(self.counts.sum()), np.int64)
+        args, _alive = self.kernel_args()
+        native.kernels("codec").lv_gaps_indices(*args, native.ptr(idx))
         return idx
 
 

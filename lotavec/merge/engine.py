@@ -909,7 +909,7 @@ class _MergeJobs:
         threads = min(64, max(1, threads or (os.cpu_count() or 1) + 1))
 
         def call() -> int:
-            return lib.lv_run_jobs(native.ptr(table), len(names), threads, None, SafetensorsFile.RELEASE_BATCH,
+            return lib.lv_run_jobs(native.ptr(table), len(names), threads, SafetensorsFile.RELEASE_BATCH,
                                    native.ptr(self.rule))
 
         def account() -> int:  # tensors done so far: the writer counts them (write-back starts)
