@@ -41,10 +41,10 @@ def base_sample(storage: np.ndarray) -> str:
         lib.lv_gather(native.ptr(flat), flat.itemsize, native.ptr(pos), pos.size, native.ptr(sample))
     else:
         sample = np.ascontiguousarray(flat[pos])
-    return sample_digest(sample.tobytes())
+    return sample_digest(sample)
 
 
-def sample_digest(sample: bytes | memoryview) -> str:
+def sample_digest(sample: bytes | memoryview | np.ndarray) -> str:
     """The sampled fingerprint of gathered elements' little-endian bytes (what :func:`base_sample`
     hashes; for callers that gather the sample themselves, e.g. the compiled merge)."""
     return hashlib.blake2b(sample, digest_size=16).hexdigest()

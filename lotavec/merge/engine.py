@@ -618,12 +618,16 @@ def _gapped_sum(lib, name: str, flat: np.ndarray, dtype: str, parts: list[tuple[
     return int(changed)
 
 
-def _trims_from_gaps(dtype: str, tks: list[Ticket], params: MergeParams) -> bool:
-    """Whether TIES-style methods (per-tensor magnitude trim, then the compiled consensus) take
-    :func:`_gapped_trims` for a tensor of ``dtype`` (BF16/F32)."""
+def _trims_method(tks: list[Ticket], params: MergeParams) -> bool:
+    """Whether the method is TIES-style with compiled trims (per-tensor magnitude trim, then the
+    compiled consensus, at most 64 tickets), whatever the tensor."""
     spec = get_method(params.method)
-    return (spec.consensus and spec.sparsify == "magnitude" and params.scope == "tensor" and len(tks) <= 64
-            and dtype in ("BF16", "F32"))
+    return spec.consensus and spec.sparsify == "magnitude" and params.scope == "tensor" and len(tks) <= 64
+
+
+def _trims_from_gaps(dtype: str, tks: list[Ticket], params: MergeParams) -> bool:
+    """Whether TIES-style methods take :func:`_gapped_trims` for a tensor of ``dtype`` (BF16/F32)."""
+    return _trims_method(tks, params) and dtype in ("BF16", "F32")
 
 
 def _trim_gap_parts(name: str, dtype: str, tks: list[Ticket], params: MergeParams
@@ -825,9 +829,9 @@ class _MergeJobs:
     NSAMPLE, SAMPLE, CHANGED, ERR, STATE, DONE_AT = 20, 21, 22, 23, 26, 27
     K, TIX, COLS = 28, 30, 32  # TIES: entries kept per ticket slot, the slot's ticket index
 
-    def __init__(self, names, dtypes, rows, keep, tickets, samples, checks, rule):
-        self.names, self.dtypes, self.keep, self.tickets = names, dtypes, keep, tickets
-        self.samples, self.checks = samples, checks
+    def __init__(self, names, dtypes, rows, tickets, samples, checks, rule):
+        self.names, self.dtypes, self.tickets = names, dtypes, tickets
+        self.samples, self.checks = samples, checks  # samples: views of one buffer the C threads fill
         self.rule = np.array(rule, np.float64)
         self.table = np.array(rows, np.int64).reshape(len(rows), self.COLS)
 
@@ -839,7 +843,7 @@ class _MergeJobs:
         full base digests, or no libzstd.so.1)."""
         lib = native.kernels("codec")
         exact = _exact_sum(params, len(tks))
-        ties = not exact and len(tks) == 2 and _trims_from_gaps("BF16", tks, params)  # (the dtype is checked below)
+        ties = not exact and len(tks) == 2 and _trims_method(tks, params)  # each tensor's dtype: below
         if (lib is None or trims is not None or not (exact or ties) or not names
                 or (checks is not None and checks.full)):
             return None
@@ -854,7 +858,7 @@ class _MergeJobs:
         if not ctx:
             return None
         lib.lv_ctx_free(ctx)
-        rows, keep, tickets, samples = [], [], [], []
+        rows, tickets, samples = [], [], []
         want = {n for n in names if checks is not None and checks.wants_sample(n)}
         sample_buf = np.empty(sum(min(src.numel(n), SAMPLE_ELEMENTS) * storage_dtype(src.info(n)[0]).itemsize
                                   for n in want), np.uint8)
@@ -894,8 +898,7 @@ class _MergeJobs:
             # the tickets kernel errors name: by slot (sum), by ticket index (TIES)
             tickets.append(([i for i, _ in live] if exact else [0, 1]) if live else [])
             samples.append(sample)
-        keep.append(sample_buf)
-        return cls(names, dtypes, rows, keep, tickets, samples, checks, rule)
+        return cls(names, dtypes, rows, tickets, samples, checks, rule)
 
     def run(self, threads: int | None, writer: ShardedWriter, progress: Progress, run_pool) -> int:
         """Run the table on ``threads`` C threads (default: see below); returns the changed
@@ -919,7 +922,7 @@ class _MergeJobs:
             finished[new] = True
             return int(finished.sum())
 
-        if progress is None and writer.flushes_behind is False:
+        if progress is None and not writer.flushes_behind:
             call()
         else:  # follow the C threads from here: progress, and the writer's write-back as it goes
             with ThreadPoolExecutor(1) as ex:
@@ -935,13 +938,13 @@ class _MergeJobs:
         account()
         state = table[:, self.STATE]
         changed = int(table[state == 1, self.CHANGED].sum())
-        first_bad = None
+        first_bad, mismatch = None, None
         for k, n in enumerate(names):
             if state[k] and self.samples[k] is not None:  # sampled before merging: as the pool checks
                 try:
-                    self.checks.check_sample(n, sample_digest(self.samples[k].tobytes()))
-                except FingerprintMismatchError:
-                    first_bad = k
+                    self.checks.check_sample(n, sample_digest(self.samples[k]))
+                except FingerprintMismatchError as e:
+                    first_bad, mismatch = k, e
                     break
             if state[k] == 3:
                 first_bad = k
@@ -950,12 +953,11 @@ class _MergeJobs:
         todo = [(names[k], bool(state[k] == 2)) for k in range(stop) if state[k] in (0, 2)]
         if todo:
             changed += run_pool(todo, int(finished.sum()))  # raises the first error among them
+        if mismatch is not None:
+            raise mismatch
         if first_bad is not None:
-            n = names[first_bad]
-            if self.samples[first_bad] is not None:
-                self.checks.check_sample(n, sample_digest(self.samples[first_bad].tobytes()))
             err = table[first_bad, self.ERR: self.ERR + 3]
-            _raise_kernel_error(n, self.dtypes[first_bad], err, self.tickets[first_bad])
+            _raise_kernel_error(names[first_bad], self.dtypes[first_bad], err, self.tickets[first_bad])
         if progress:
             progress("merge", len(names), len(names))
         return changed
