@@ -255,6 +255,22 @@ def test_degapped_sources_have_no_bitmap_and_merge_as_expected(gap_sources, tmp_
 TIES = MergeParams(method="ties", density=0.5, semantics="mergekit")
 
 
+def _refused_by_ties_and_sum(ticket: Path, want: LotavecError, tmp_path: Path, monkeypatch) -> dict[str, bool]:
+    """Merge ``ticket`` with TIES and with ``sum``: both raise the reader's error ``want`` (type and
+    message) and leave no output. Returns, for the ``sum``, which tensors the compiled decoders
+    decoded (:func:`_coded_path_coded`)."""
+    with pytest.raises(LotavecError) as got:  # TIES decodes each ticket in C too (lv_ctx_decode)
+        merge(_base_for(ticket, tmp_path, raw_on_zeros=True, folder="tbase"), [ticket], tmp_path / "ties", fsync=False,
+              force=True, params=TIES)
+    assert type(got.value) is type(want) and str(got.value) == str(want)
+    decoded = _coded_path_coded(monkeypatch)
+    with pytest.raises(LotavecError) as got:
+        merge(_base_for(ticket, tmp_path), [ticket], tmp_path / "out", fsync=False, force=True)
+    assert type(got.value) is type(want) and str(got.value) == str(want)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "ties").exists()
+    return decoded
+
+
 @pytest.mark.parametrize("slug", _gap_invalid_cases())
 def test_defect_in_a_gap_coded_chunk_is_refused_like_the_reader(slug, gap_sources, tmp_path, monkeypatch):
     if not _zstd_in_c():
@@ -268,16 +284,7 @@ def test_defect_in_a_gap_coded_chunk_is_refused_like_the_reader(slug, gap_source
     ticket = tmp_path / f"{slug}.safetensors"
     ticket.write_bytes(data)
     want = _reader_error(ticket)
-    base = _base_for(ticket, tmp_path)
-    with pytest.raises(LotavecError) as got:  # TIES decodes each ticket in C too (lv_ctx_decode)
-        merge(_base_for(ticket, tmp_path, raw_on_zeros=True, folder="tbase"), [ticket], tmp_path / "ties", fsync=False,
-              force=True, params=TIES)
-    assert type(got.value) is type(want) and str(got.value) == str(want)
-    decoded = _coded_path_coded(monkeypatch)
-    with pytest.raises(LotavecError) as got:
-        merge(base, [ticket], tmp_path / "out", fsync=False, force=True)
-    assert type(got.value) is type(want) and str(got.value) == str(want)
-    assert not (tmp_path / "out").exists() and not (tmp_path / "ties").exists()
+    decoded = _refused_by_ties_and_sum(ticket, want, tmp_path, monkeypatch)
     for n, ok in decoded.items():
         assert ok is (f"tensor {n!r}" not in str(want)), n
     with load_ticket(ticket) as t:
@@ -331,16 +338,8 @@ def test_stream_defect_in_a_gap_chunk_is_refused_like_the_reader(defect, gap_sou
     ticket.write_bytes(ic.edit_chunk(data, where, lambda t, rec, m, v: fn(m, v), fix=fix))
     want = _reader_error(ticket)
     assert "tensor 'sparse'" in str(want)
-    base = _base_for(ticket, tmp_path)
-    with pytest.raises(LotavecError) as got:  # TIES decodes each ticket in C too (lv_ctx_decode)
-        merge(_base_for(ticket, tmp_path, raw_on_zeros=True, folder="tbase"), [ticket], tmp_path / "ties", fsync=False,
-              force=True, params=TIES)
-    assert type(got.value) is type(want) and str(got.value) == str(want)
-    decoded = _coded_path_coded(monkeypatch)
-    with pytest.raises(LotavecError) as got:
-        merge(base, [ticket], tmp_path / "out", fsync=False, force=True)
-    assert type(got.value) is type(want) and str(got.value) == str(want)
-    assert decoded["sparse"] is False and not (tmp_path / "out").exists() and not (tmp_path / "ties").exists()
+    decoded = _refused_by_ties_and_sum(ticket, want, tmp_path, monkeypatch)
+    assert decoded["sparse"] is False
 
 
 def test_ties_from_chunks_decoded_in_c_equals_the_python_codecs(gap_sources, tmp_path, monkeypatch):
