@@ -123,6 +123,16 @@ def _load(name: str) -> ctypes.CDLL | None:
     return lib
 
 
+def zstd_in_c() -> bool:
+    """Whether the compiled ``codec`` kernels can decode zstd frames themselves (they load the
+    system's ``libzstd.so.1``): the merge then decodes tickets without Python."""
+    lib = kernels("codec")
+    d = lib.lv_dctx_new() if lib is not None else None
+    if d:
+        lib.lv_dctx_free(d)
+    return bool(d)
+
+
 def ptr(a) -> int:
     """Address of a numpy array's first element (the array must stay alive during the call)."""
     return a.ctypes.data

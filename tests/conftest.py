@@ -73,6 +73,52 @@ def tiny_pair(tmp_path_factory, tiny_model_dirs):
 
 
 @pytest.fixture(scope="session")
+def merge_kit(tmp_path_factory, tiny_pair):
+    """Tickets of the tiny llama for merge tests: A (ft1), B (ft2, disjoint from A), C (ft2,
+    overlaps A), all at density 0.05, and full (ft1, every changed entry); with ``base``, ``ft1``,
+    ``ft2`` and their folder ``root``. Shared: tests write their outputs elsewhere."""
+    import lotavec
+    from lotavec.testing import make_finetuned
+
+    root = tmp_path_factory.mktemp("merge_kit")
+    base, ft1 = tiny_pair
+    ft2 = make_finetuned(base, root / "ft2", density=0.1, seed=2)
+    a = lotavec.extract(base, ft1, root / "a.lota", density=0.05)
+    b = lotavec.extract(base, ft2, root / "b.lota", density=0.05, disjoint_from=[root / "a.lota"])
+    c = lotavec.extract(base, ft2, root / "c.lota", density=0.05)
+    full = lotavec.extract(base, ft1, root / "full.lota", all_changed=True)
+    return {"base": base, "ft1": ft1, "ft2": ft2, "A": a.path, "B": b.path, "C": c.path, "full": full.path,
+            "root": root}
+
+
+@pytest.fixture
+def merge_jobs(monkeypatch):
+    """What each merge of the test did with a job table for the C threads (``engine._MergeJobs``),
+    in order: the table after it ran (``.names``, ``.table`` with its ``KIND`` and ``STATE``
+    columns), or ``None`` for a merge that made none."""
+    import lotavec.merge.engine as eng
+
+    seen: list = []
+    real_plan, real_run = eng._MergeJobs.plan.__func__, eng._MergeJobs.run
+
+    def plan(cls, *a, **k):
+        jobs = real_plan(cls, *a, **k)
+        if jobs is None:
+            seen.append(None)
+        return jobs
+
+    def run(self, *a, **k):
+        try:
+            return real_run(self, *a, **k)
+        finally:
+            seen.append(self)
+
+    monkeypatch.setattr(eng._MergeJobs, "plan", classmethod(plan))
+    monkeypatch.setattr(eng._MergeJobs, "run", run)
+    return seen
+
+
+@pytest.fixture(scope="session")
 def sharded_pair(tmp_path_factory):
     """``(base_dir, finetuned_dir)``: a 4-layer tiny llama sharded into several files, and its fine-tune."""
     from lotavec.testing import make_finetuned, make_tiny_model

@@ -23,7 +23,7 @@ from lotavec.errors import (
     TensorMismatchError,
 )
 from lotavec.merge import MergeParams, merge
-from lotavec.testing import make_finetuned, make_tiny_model
+from lotavec.testing import make_tiny_model
 
 CARRIED = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
@@ -52,29 +52,15 @@ def no_leftovers(parent: Path, name: str) -> None:
     assert not [p.name for p in parent.iterdir() if p.name.startswith(f".{name}.")]
 
 
-@pytest.fixture(scope="module")
-def kit(tmp_path_factory, tiny_pair):
-    """Base, two fine-tunes and tickets: A (ft1), B (ft2, disjoint from A), C (ft2, overlaps A), full (ft1)."""
-    root = tmp_path_factory.mktemp("engine")
-    base, ft1 = tiny_pair
-    ft2 = make_finetuned(base, root / "ft2", density=0.1, seed=2)
-    a = lotavec.extract(base, ft1, root / "a.lota", density=0.05)
-    b = lotavec.extract(base, ft2, root / "b.lota", density=0.05, disjoint_from=[root / "a.lota"])
-    c = lotavec.extract(base, ft2, root / "c.lota", density=0.05)
-    full = lotavec.extract(base, ft1, root / "full.lota", all_changed=True)
-    return {"base": base, "ft1": ft1, "ft2": ft2, "A": a.path, "B": b.path, "C": c.path, "full": full.path,
-            "root": root}
-
-
-def test_single_ticket_weight_one_reproduces_the_finetune(kit, tmp_path):
-    r = merge(kit["base"], [kit["full"]], tmp_path / "out")
-    same_bits(tensors(tmp_path / "out"), tensors(kit["ft1"]))
+def test_single_ticket_weight_one_reproduces_the_finetune(merge_kit, tmp_path):
+    r = merge(merge_kit["base"], [merge_kit["full"]], tmp_path / "out")
+    same_bits(tensors(tmp_path / "out"), tensors(merge_kit["ft1"]))
     assert r.tensors == 20 and r.touched == 14
-    assert r.changed_entries == lotavec.load_ticket(kit["full"]).nnz
+    assert r.changed_entries == lotavec.load_ticket(merge_kit["full"]).nnz
     # Through the public callable too, with a partial ticket: fine-tuned on the mask, base elsewhere.
-    lotavec.merge(kit["base"], [kit["A"]], tmp_path / "outA")
-    got, b, f = tensors(tmp_path / "outA"), tensors(kit["base"]), tensors(kit["ft1"])
-    ta = lotavec.load_ticket(kit["A"])
+    lotavec.merge(merge_kit["base"], [merge_kit["A"]], tmp_path / "outA")
+    got, b, f = tensors(tmp_path / "outA"), tensors(merge_kit["base"]), tensors(merge_kit["ft1"])
+    ta = lotavec.load_ticket(merge_kit["A"])
     for n in b:
         want = bits(b[n]).clone()
         if n in ta:
@@ -83,71 +69,71 @@ def test_single_ticket_weight_one_reproduces_the_finetune(kit, tmp_path):
         assert torch.equal(bits(got[n]), want), n
 
 
-def test_disjoint_tickets_in_any_order_are_byte_identical(kit, tmp_path):
-    merge(kit["base"], [kit["A"], kit["B"]], tmp_path / "ab")
-    merge(kit["base"], [kit["B"], kit["A"]], tmp_path / "ba")
-    merge(kit["base"], [kit["B"], kit["A"]], tmp_path / "dj", params=MergeParams(method="disjoint"))
+def test_disjoint_tickets_in_any_order_are_byte_identical(merge_kit, tmp_path):
+    merge(merge_kit["base"], [merge_kit["A"], merge_kit["B"]], tmp_path / "ab")
+    merge(merge_kit["base"], [merge_kit["B"], merge_kit["A"]], tmp_path / "ba")
+    merge(merge_kit["base"], [merge_kit["B"], merge_kit["A"]], tmp_path / "dj", params=MergeParams(method="disjoint"))
     ab = (tmp_path / "ab" / "model.safetensors").read_bytes()
     assert ab == (tmp_path / "ba" / "model.safetensors").read_bytes()
     assert ab == (tmp_path / "dj" / "model.safetensors").read_bytes()
-    assert ab != (kit["base"] / "model.safetensors").read_bytes()
+    assert ab != (merge_kit["base"] / "model.safetensors").read_bytes()
 
 
-def test_disjoint_method_refuses_overlap_with_a_report(kit, tmp_path):
+def test_disjoint_method_refuses_overlap_with_a_report(merge_kit, tmp_path):
     with pytest.raises(DisjointnessError) as e:
-        merge(kit["base"], [kit["A"], kit["C"]], tmp_path / "out", params=MergeParams(method="disjoint"))
+        merge(merge_kit["base"], [merge_kit["A"], merge_kit["C"]], tmp_path / "out", params=MergeParams(method="disjoint"))
     msg = str(e.value)
     assert re.search(r"model\.layers\.\d\.(self_attn|mlp)\.\w+\.weight", msg), msg
     assert "a.lota" in msg and "c.lota" in msg
     no_leftovers(tmp_path, "out")
 
 
-def test_dare_reproducible_from_seed_and_recorded(kit, tmp_path):
+def test_dare_reproducible_from_seed_and_recorded(merge_kit, tmp_path):
     p = MergeParams(method="dare_linear", density=0.5, seed=123)
-    merge(kit["base"], [kit["A"], kit["C"]], tmp_path / "d1", params=p)
-    merge(kit["base"], [kit["A"], kit["C"]], tmp_path / "d2", params=p)
+    merge(merge_kit["base"], [merge_kit["A"], merge_kit["C"]], tmp_path / "d1", params=p)
+    merge(merge_kit["base"], [merge_kit["A"], merge_kit["C"]], tmp_path / "d2", params=p)
     w1 = (tmp_path / "d1" / "model.safetensors").read_bytes()
     assert w1 == (tmp_path / "d2" / "model.safetensors").read_bytes()
     rec = json.loads((tmp_path / "d1" / "lotavec_merge.json").read_text())
     assert rec["params"]["seed"] == 123 and rec["params"]["method"] == "dare_linear"
-    merge(kit["base"], [kit["A"], kit["C"]], tmp_path / "d3", params=MergeParams(method="dare_linear", density=0.5, seed=124))
+    merge(merge_kit["base"], [merge_kit["A"], merge_kit["C"]], tmp_path / "d3", params=MergeParams(method="dare_linear", density=0.5, seed=124))
     assert (tmp_path / "d3" / "model.safetensors").read_bytes() != w1
     # No seed: one is drawn, recorded, and reproduces the output.
-    r = merge(kit["base"], [kit["A"], kit["C"]], tmp_path / "d4", params=MergeParams(method="dare_linear", density=0.5))
+    r = merge(merge_kit["base"], [merge_kit["A"], merge_kit["C"]], tmp_path / "d4", params=MergeParams(method="dare_linear", density=0.5))
     seed = json.loads((tmp_path / "d4" / "lotavec_merge.json").read_text())["params"]["seed"]
     assert isinstance(seed, int) and seed == r.params["seed"]
-    merge(kit["base"], [kit["A"], kit["C"]], tmp_path / "d5", params=MergeParams(method="dare_linear", density=0.5, seed=seed))
+    merge(merge_kit["base"], [merge_kit["A"], merge_kit["C"]], tmp_path / "d5", params=MergeParams(method="dare_linear", density=0.5, seed=seed))
     assert (tmp_path / "d4" / "model.safetensors").read_bytes() == (tmp_path / "d5" / "model.safetensors").read_bytes()
 
 
 @pytest.mark.parametrize("weights", [None, (0.5, 1.0)])
-def test_hf_loading_gives_the_logits_of_apply_in_memory(kit, tmp_path, weights):
+def test_hf_loading_gives_the_logits_of_apply_in_memory(merge_kit, tmp_path, weights):
     from transformers import AutoModelForCausalLM
 
     p = MergeParams(weights=weights)
-    merge(kit["base"], [kit["A"], kit["B"]], tmp_path / "out", params=p)
+    merge(merge_kit["base"], [merge_kit["A"], merge_kit["B"]], tmp_path / "out", params=p)
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
-    mem = AutoModelForCausalLM.from_pretrained(kit["base"])
+    mem = AutoModelForCausalLM.from_pretrained(merge_kit["base"])
     ws = weights or (1.0, 1.0)
-    lotavec.apply(mem, kit["A"], ws[0])
+    lotavec.apply(mem, merge_kit["A"], ws[0])
     # B touches the tensors A changed (other entries): its sampled-fingerprint check would refuse
     # the model (see test_apply.py::test_two_disjoint_tickets_in_memory), so skip it here.
-    lotavec.apply(mem, kit["B"], ws[1], check_base=False)
+    lotavec.apply(mem, merge_kit["B"], ws[1], check_base=False)
     for (n, x), (m, y) in zip(merged.state_dict().items(), mem.state_dict().items()):
         assert n == m and torch.equal(bits(x), bits(y)), n
     ids = torch.arange(4, 68).reshape(2, 32)
     with torch.no_grad():
         lm, la = merged(ids).logits, mem(ids).logits
-        lb = AutoModelForCausalLM.from_pretrained(kit["base"])(ids).logits
+        lb = AutoModelForCausalLM.from_pretrained(merge_kit["base"])(ids).logits
     assert torch.equal(lm, la)
     assert not torch.equal(lm, lb)
 
 
-def test_sharded_output_and_index(kit, tmp_path):
+def test_sharded_output_and_index(merge_kit, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    merge(kit["base"], [kit["A"]], tmp_path / "one")
-    merge(kit["base"], [kit["A"]], tmp_path / "sh", max_shard_size="40KB")
+    merge(merge_kit["base"], [merge_kit["A"]], tmp_path / "one")
+    merge(merge_kit["base"], [merge_kit["A"]], tmp_path / "sh", max_shard_size="40KB")
     shards = sorted(p.name for p in (tmp_path / "sh").glob("*.safetensors"))
     assert len(shards) > 2 and not (tmp_path / "sh" / "model.safetensors").exists()
     n = len(shards)
@@ -175,18 +161,18 @@ def test_sharded_base(sharded_pair, tmp_path):
     same_bits(tensors(tmp_path / "out"), tensors(ft))
 
 
-def test_files_carried_over_and_card(kit, tmp_path):
-    merge(kit["base"], [kit["A"], kit["B"]], tmp_path / "out")
+def test_files_carried_over_and_card(merge_kit, tmp_path):
+    merge(merge_kit["base"], [merge_kit["A"], merge_kit["B"]], tmp_path / "out")
     out = tmp_path / "out"
     for f in CARRIED:
-        assert (out / f).read_bytes() == (kit["base"] / f).read_bytes(), f
+        assert (out / f).read_bytes() == (merge_kit["base"] / f).read_bytes(), f
     card = (out / "README.md").read_text()
-    assert str(kit["base"]) in card
-    assert kit["A"] in card and kit["B"] in card
+    assert str(merge_kit["base"]) in card
+    assert merge_kit["A"] in card and merge_kit["B"] in card
     assert "sum" in card
     rec = json.loads((out / "lotavec_merge.json").read_text())
-    assert [t["path"] for t in rec["tickets"]] == [kit["A"], kit["B"]]
-    assert rec["base"]["path"] == str(kit["base"])
+    assert [t["path"] for t in rec["tickets"]] == [merge_kit["A"], merge_kit["B"]]
+    assert rec["base"]["path"] == str(merge_kit["base"])
 
 
 @pytest.fixture(scope="module")
@@ -203,9 +189,9 @@ def other_bases(tmp_path_factory):
     ("shape", TensorMismatchError, r"BF16\[128, 64\] in the ticket but BF16\[96, 64\]|BF16\[64, 128\] in the ticket but BF16\[64, 96\]"),
     ("dtype", TensorMismatchError, r"BF16\[\d+, \d+\] in the ticket but F32"),
 ])
-def test_wrong_base_refused_before_any_output(kit, other_bases, tmp_path, kind, error, pattern):
+def test_wrong_base_refused_before_any_output(merge_kit, other_bases, tmp_path, kind, error, pattern):
     with pytest.raises(error) as e:
-        merge(other_bases / kind, [kit["A"]], tmp_path / "out")
+        merge(other_bases / kind, [merge_kit["A"]], tmp_path / "out")
     msg = str(e.value)
     assert re.search(pattern, msg), msg
     assert "a.lota" in msg and re.search(r"'model\.layers\.\d\.\w+\.\w+\.weight'", msg)
@@ -216,53 +202,53 @@ def test_wrong_base_refused_before_any_output(kit, other_bases, tmp_path, kind, 
                                     MergeParams(method="ties", density=0.03, scope="global"),
                                     MergeParams(method="dare_linear", density=0.5, seed=1)],
                          ids=["ties", "disjoint", "ties-global", "dare"])
-def test_wrong_base_refused_by_every_path(kit, other_bases, tmp_path, params):
+def test_wrong_base_refused_by_every_path(merge_kit, other_bases, tmp_path, params):
     """Fingerprints are compared up front (disjoint, global trims) or by the worker merging each
     tensor (the others); either way the merge stops with no output left."""
     with pytest.raises(FingerprintMismatchError, match="differs from the base this ticket was made from"):
-        merge(other_bases / "weights", [kit["A"], kit["B"]], tmp_path / "out", params=params)
+        merge(other_bases / "weights", [merge_kit["A"], merge_kit["B"]], tmp_path / "out", params=params)
     no_leftovers(tmp_path, "out")
 
 
-def test_force_merges_a_different_base_with_warnings(kit, other_bases, tmp_path):
-    r = merge(other_bases / "weights", [kit["A"]], tmp_path / "out", force=True)
+def test_force_merges_a_different_base_with_warnings(merge_kit, other_bases, tmp_path):
+    r = merge(other_bases / "weights", [merge_kit["A"]], tmp_path / "out", force=True)
     assert r.warnings and all("differs from the base" in w for w in r.warnings)
-    assert len(r.warnings) == len(lotavec.load_ticket(kit["A"]).names)
+    assert len(r.warnings) == len(lotavec.load_ticket(merge_kit["A"]).names)
     rec = json.loads((tmp_path / "out" / "lotavec_merge.json").read_text())
     assert rec["warnings"] == r.warnings
     assert sorted(tensors(tmp_path / "out")) == sorted(tensors(other_bases / "weights"))
 
 
 @pytest.mark.parametrize("kind", ["shape", "dtype"])
-def test_force_does_not_override_shape_or_dtype(kit, other_bases, tmp_path, kind):
+def test_force_does_not_override_shape_or_dtype(merge_kit, other_bases, tmp_path, kind):
     with pytest.raises(TensorMismatchError):
-        merge(other_bases / kind, [kit["A"]], tmp_path / "out", force=True)
+        merge(other_bases / kind, [merge_kit["A"]], tmp_path / "out", force=True)
     no_leftovers(tmp_path, "out")
 
 
-def test_refuses_to_overwrite_unless_asked(kit, tmp_path):
+def test_refuses_to_overwrite_unless_asked(merge_kit, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     with pytest.raises(OutputExistsError, match=re.escape(str(out))):
-        merge(kit["base"], [kit["A"]], out)
+        merge(merge_kit["base"], [merge_kit["A"]], out)
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
-    merge(kit["base"], [kit["A"]], out, overwrite=True)
+    merge(merge_kit["base"], [merge_kit["A"]], out, overwrite=True)
     assert not (out / "keep.txt").exists()
     assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
     no_leftovers(tmp_path, "out.")  # no .out.tmp-* or .out.old-* folders stay behind
 
 
-def test_float32_output(kit, tmp_path):
+def test_float32_output(merge_kit, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    merge(kit["base"], [kit["A"]], tmp_path / "out", dtype="float32")
+    merge(merge_kit["base"], [merge_kit["A"]], tmp_path / "out", dtype="float32")
     cfg = json.loads((tmp_path / "out" / "config.json").read_text())
     assert cfg["dtype"] == "float32"
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype="auto")
     assert {p.dtype for p in model.parameters()} == {torch.float32}
-    got, b, f = tensors(tmp_path / "out"), tensors(kit["base"]), tensors(kit["ft1"])
-    ta = lotavec.load_ticket(kit["A"])
+    got, b, f = tensors(tmp_path / "out"), tensors(merge_kit["base"]), tensors(merge_kit["ft1"])
+    ta = lotavec.load_ticket(merge_kit["A"])
     for n in b:
         assert got[n].dtype == torch.float32, n
         want = b[n].float().reshape(-1).clone()
@@ -272,35 +258,35 @@ def test_float32_output(kit, tmp_path):
         assert torch.equal(got[n].reshape(-1), want), n
 
 
-def test_negation_removes_a_ticket_exactly(kit, tmp_path):
+def test_negation_removes_a_ticket_exactly(merge_kit, tmp_path):
     """base + 1·δ − 1·δ: the float32 deltas cancel exactly, so the base comes back bit for bit."""
-    merge(kit["base"], [kit["A"], kit["A"]], tmp_path / "out", params=MergeParams(weights=(1.0, -1.0)))
-    same_bits(tensors(tmp_path / "out"), tensors(kit["base"]))
+    merge(merge_kit["base"], [merge_kit["A"], merge_kit["A"]], tmp_path / "out", params=MergeParams(weights=(1.0, -1.0)))
+    same_bits(tensors(tmp_path / "out"), tensors(merge_kit["base"]))
 
 
-def test_sum_is_linear_in_the_weights(kit, tmp_path):
+def test_sum_is_linear_in_the_weights(merge_kit, tmp_path):
     """In float32 output, merged − base = w_A·δ_A + w_B·δ_B (float32 rounding only)."""
-    base = {n: t.float() for n, t in tensors(kit["base"]).items()}
+    base = {n: t.float() for n, t in tensors(merge_kit["base"]).items()}
     deltas = {}
     for key in ("A", "C"):  # overlapping tickets: linearity must hold on the overlap too
-        merge(kit["base"], [kit[key]], tmp_path / key, dtype="float32")
+        merge(merge_kit["base"], [merge_kit[key]], tmp_path / key, dtype="float32")
         deltas[key] = {n: t - base[n] for n, t in tensors(tmp_path / key).items()}
     for i, (wa, wc) in enumerate([(0.5, 0.5), (1.0, -0.3), (2.0, 0.25)]):
         out = tmp_path / f"m{i}"
-        merge(kit["base"], [kit["A"], kit["C"]], out, dtype="float32", params=MergeParams(weights=(wa, wc)))
+        merge(merge_kit["base"], [merge_kit["A"], merge_kit["C"]], out, dtype="float32", params=MergeParams(weights=(wa, wc)))
         for n, t in tensors(out).items():
             want = wa * deltas["A"][n] + wc * deltas["C"][n]
             torch.testing.assert_close(t - base[n], want, rtol=0, atol=1e-6 * (1 + base[n].abs().max().item()))
     # and the overlap is non-trivial
-    ta, tc = lotavec.load_ticket(kit["A"]), lotavec.load_ticket(kit["C"])
+    ta, tc = lotavec.load_ticket(merge_kit["A"]), lotavec.load_ticket(merge_kit["C"])
     assert sum(np.intersect1d(ta.indices(n), tc.indices(n)).size for n in ta.names if n in tc) > 0
 
 
-def test_base_folder_untouched(kit, tmp_path):
-    before = {p.name: p.read_bytes() for p in kit["base"].iterdir()}
-    merge(kit["base"], [kit["A"], kit["B"]], tmp_path / "out")
+def test_base_folder_untouched(merge_kit, tmp_path):
+    before = {p.name: p.read_bytes() for p in merge_kit["base"].iterdir()}
+    merge(merge_kit["base"], [merge_kit["A"], merge_kit["B"]], tmp_path / "out")
     shutil.rmtree(tmp_path / "out")
-    assert {p.name: p.read_bytes() for p in kit["base"].iterdir()} == before
+    assert {p.name: p.read_bytes() for p in merge_kit["base"].iterdir()} == before
 
 
 def test_buffer_pool_keeps_the_largest_within_its_bounds():

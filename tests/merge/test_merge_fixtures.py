@@ -47,61 +47,53 @@ def _base_folder(root: Path, tensors: dict[str, torch.Tensor]) -> Path:
     return root
 
 
-def _coded_path_coded(monkeypatch) -> dict[str, bool]:
-    """Record, per tensor the compiled decoders were offered, whether they decoded it: on the C
-    threads of a whole-merge job table (``_MergeJobs``), or one tensor at a time (``_coded_sum``)."""
+def _coded_path_coded(monkeypatch, jobs: list):
+    """From now on, record per tensor the compiled decoders were offered whether they decoded it:
+    on the C threads of a whole-merge job table (``jobs``, the ``merge_jobs`` record), or one
+    tensor at a time (``_coded_sum``). Returns a function giving that record so far."""
     seen: dict[str, bool] = {}
-    real, real_run = eng._coded_sum, eng._MergeJobs.run
+    real, start = eng._coded_sum, len(jobs)
 
     def spy(lib, ctx, name, *a, **k):
         r = real(lib, ctx, name, *a, **k)
         seen[name] = r is not None
         return r
 
-    def spy_run(self, *a, **k):
-        try:
-            return real_run(self, *a, **k)
-        finally:
-            t = self.table
-            for n, kind, state in zip(self.names, t[:, self.KIND], t[:, self.STATE]):
-                if kind == 1 and state in (1, 2):
-                    seen[n] = bool(state == 1)
+    def decoded() -> dict[str, bool]:
+        out = {}
+        for j in (j for j in jobs[start:] if j is not None):
+            t = j.table
+            out.update({n: bool(state == 1) for n, kind, state in zip(j.names, t[:, j.KIND], t[:, j.STATE])
+                        if kind == 1 and state in (1, 2)})
+        return {**out, **seen}
 
     monkeypatch.setattr(eng, "_coded_sum", spy)
-    monkeypatch.setattr(eng._MergeJobs, "run", spy_run)
-    return seen
-
-
-def _zstd_in_c() -> bool:
-    lib = native.kernels("codec")
-    ctx = lib.lv_ctx_new() if lib is not None else None
-    if ctx:
-        lib.lv_ctx_free(ctx)
-    return bool(ctx)
+    return decoded
 
 
 PATHS = ["compiled decoders", "python codecs", "numpy"]
 
 
-def _use(path: str, monkeypatch) -> dict[str, bool]:
+def _use(path: str, monkeypatch, jobs: list):
     if path == "numpy":
         monkeypatch.setenv(native.ENV, "0")
-    elif path == "python codecs":
+    elif path == "python codecs":  # no job table for the C threads, no per-tensor decoding in C
+        monkeypatch.setattr(eng._MergeJobs, "plan", classmethod(lambda cls, *a, **k: None))
         monkeypatch.setattr(eng, "_coded_plan", lambda *a, **k: None)
-    elif not _zstd_in_c():
+    elif not native.zstd_in_c():
         pytest.skip("libzstd.so.1 is not available: the merge decodes with the Python codecs")
-    return _coded_path_coded(monkeypatch)
+    return _coded_path_coded(monkeypatch, jobs)
 
 
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("name", sorted(_expected()))
-def test_valid_fixture_merges_into_its_base_as_the_expected_finetune(name, path, tmp_path, monkeypatch):
+def test_valid_fixture_merges_into_its_base_as_the_expected_finetune(name, path, tmp_path, monkeypatch, merge_jobs):
     exp = _expected()[name]
     if not exp["tensors"]:
         pytest.skip("a ticket without tensors")
     base = _base_folder(tmp_path / "base", {t["name"]: _as_tensor(t["base_bits"], t["dtype"], t["shape"])
                                             for t in exp["tensors"]})
-    decoded = _use(path, monkeypatch)
+    decoded = _use(path, monkeypatch, merge_jobs)
     ticket = FIXTURES / "valid" / f"{name}.safetensors"
     merge(base, [ticket], tmp_path / "out", fsync=False, force=True)  # force: fixtures' sample fingerprints
     from safetensors.torch import load_file
@@ -114,7 +106,7 @@ def test_valid_fixture_merges_into_its_base_as_the_expected_finetune(name, path,
     if path == "compiled decoders":
         # every tensor without bitmap chunks or f32delta values was decoded in C, none refused
         coded = [t for t in exp["tensors"] if t["values"] != "f32delta" and "bitmap" not in t["mask_codecs"]]
-        assert decoded == {t["name"]: True for t in coded}
+        assert decoded() == {t["name"]: True for t in coded}
 
 
 def _invalid_decode_cases() -> list[str]:
@@ -161,10 +153,10 @@ def _base_for(ticket_path: Path, tmp_path: Path, *, raw_on_zeros: bool = False, 
 
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("name", _invalid_decode_cases())
-def test_corrupt_chunk_is_refused_by_a_merge_with_the_readers_error(name, path, tmp_path, monkeypatch):
+def test_corrupt_chunk_is_refused_by_a_merge_with_the_readers_error(name, path, tmp_path, monkeypatch, merge_jobs):
     ticket = FIXTURES / "invalid" / name
     base = _base_for(ticket, tmp_path)
-    decoded = _use(path, monkeypatch)
+    decoded = _use(path, monkeypatch, merge_jobs)
     want = _reader_error(ticket)  # in the same configuration (the zstd library decides the wording)
     assert type(want) is getattr(errors, name.split("__")[0])
     with pytest.raises(LotavecError) as got:
@@ -174,7 +166,7 @@ def test_corrupt_chunk_is_refused_by_a_merge_with_the_readers_error(name, path, 
     if path == "compiled decoders":
         # the failing tensor, where the compiled decoders were offered it, was handed back to the
         # Python codecs; every other tensor they were offered, they decoded
-        for n, ok in decoded.items():
+        for n, ok in decoded().items():
             assert ok is (f"tensor {n!r}" not in str(want)), n
 
 
@@ -227,8 +219,8 @@ def gap_sources() -> dict[str, bytes]:
     return _gap_sources()
 
 
-def test_degapped_sources_have_no_bitmap_and_merge_as_expected(gap_sources, tmp_path, monkeypatch):
-    if not _zstd_in_c():
+def test_degapped_sources_have_no_bitmap_and_merge_as_expected(gap_sources, tmp_path, monkeypatch, merge_jobs):
+    if not native.zstd_in_c():
         pytest.skip("libzstd.so.1 is not available: the merge decodes with the Python codecs")
     for name, data in gap_sources.items():
         exp = _expected()[name]
@@ -241,7 +233,7 @@ def test_degapped_sources_have_no_bitmap_and_merge_as_expected(gap_sources, tmp_
             assert not any("bitmap" in t.info(n)["mask_codecs"] for n in t.names)
         base = _base_folder(tmp_path / name / "base", {t["name"]: _as_tensor(t["base_bits"], t["dtype"], t["shape"])
                                                        for t in exp["tensors"]})
-        decoded = _coded_path_coded(monkeypatch)
+        decoded = _coded_path_coded(monkeypatch, merge_jobs)
         merge(base, [ticket], tmp_path / name / "out", fsync=False, force=True)
         from safetensors.torch import load_file
 
@@ -249,13 +241,14 @@ def test_degapped_sources_have_no_bitmap_and_merge_as_expected(gap_sources, tmp_
         for t in exp["tensors"]:
             want = _as_tensor(t["applied_bits"], t["dtype"], t["shape"])
             assert torch.equal(out[t["name"]].view(_UINT[t["dtype"]]), want.view(_UINT[t["dtype"]])), (name, t["name"])
-        assert decoded == {t["name"]: True for t in exp["tensors"] if t["values"] != "f32delta"}, name
+        assert decoded() == {t["name"]: True for t in exp["tensors"] if t["values"] != "f32delta"}, name
 
 
 TIES = MergeParams(method="ties", density=0.5, semantics="mergekit")
 
 
-def _refused_by_ties_and_sum(ticket: Path, want: LotavecError, tmp_path: Path, monkeypatch) -> dict[str, bool]:
+def _refused_by_ties_and_sum(ticket: Path, want: LotavecError, tmp_path: Path, monkeypatch, jobs: list
+                             ) -> dict[str, bool]:
     """Merge ``ticket`` with TIES and with ``sum``: both raise the reader's error ``want`` (type and
     message) and leave no output. Returns, for the ``sum``, which tensors the compiled decoders
     decoded (:func:`_coded_path_coded`)."""
@@ -263,17 +256,17 @@ def _refused_by_ties_and_sum(ticket: Path, want: LotavecError, tmp_path: Path, m
         merge(_base_for(ticket, tmp_path, raw_on_zeros=True, folder="tbase"), [ticket], tmp_path / "ties", fsync=False,
               force=True, params=TIES)
     assert type(got.value) is type(want) and str(got.value) == str(want)
-    decoded = _coded_path_coded(monkeypatch)
+    decoded = _coded_path_coded(monkeypatch, jobs)
     with pytest.raises(LotavecError) as got:
         merge(_base_for(ticket, tmp_path), [ticket], tmp_path / "out", fsync=False, force=True)
     assert type(got.value) is type(want) and str(got.value) == str(want)
     assert not (tmp_path / "out").exists() and not (tmp_path / "ties").exists()
-    return decoded
+    return decoded()
 
 
 @pytest.mark.parametrize("slug", _gap_invalid_cases())
-def test_defect_in_a_gap_coded_chunk_is_refused_like_the_reader(slug, gap_sources, tmp_path, monkeypatch):
-    if not _zstd_in_c():
+def test_defect_in_a_gap_coded_chunk_is_refused_like_the_reader(slug, gap_sources, tmp_path, monkeypatch, merge_jobs):
+    if not native.zstd_in_c():
         pytest.skip("libzstd.so.1 is not available: the merge decodes with the Python codecs")
     _, ic = _tb()
     case = next(c for c in ic.INVALID if c.slug == slug)
@@ -284,7 +277,7 @@ def test_defect_in_a_gap_coded_chunk_is_refused_like_the_reader(slug, gap_source
     ticket = tmp_path / f"{slug}.safetensors"
     ticket.write_bytes(data)
     want = _reader_error(ticket)
-    decoded = _refused_by_ties_and_sum(ticket, want, tmp_path, monkeypatch)
+    decoded = _refused_by_ties_and_sum(ticket, want, tmp_path, monkeypatch, merge_jobs)
     for n, ok in decoded.items():
         assert ok is (f"tensor {n!r}" not in str(want)), n
     with load_ticket(ticket) as t:
@@ -327,8 +320,9 @@ def _bad_frame_checksum(tb, data: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("defect", sorted(_stream_defects()))
-def test_stream_defect_in_a_gap_chunk_is_refused_like_the_reader(defect, gap_sources, tmp_path, monkeypatch):
-    if not _zstd_in_c():
+def test_stream_defect_in_a_gap_chunk_is_refused_like_the_reader(defect, gap_sources, tmp_path, monkeypatch,
+                                                                merge_jobs):
+    if not native.zstd_in_c():
         pytest.skip("libzstd.so.1 is not available: the merge decodes with the Python codecs")
     _, ic = _tb()
     fn, fix = _stream_defects()[defect]
@@ -338,14 +332,14 @@ def test_stream_defect_in_a_gap_chunk_is_refused_like_the_reader(defect, gap_sou
     ticket.write_bytes(ic.edit_chunk(data, where, lambda t, rec, m, v: fn(m, v), fix=fix))
     want = _reader_error(ticket)
     assert "tensor 'sparse'" in str(want)
-    decoded = _refused_by_ties_and_sum(ticket, want, tmp_path, monkeypatch)
+    decoded = _refused_by_ties_and_sum(ticket, want, tmp_path, monkeypatch, merge_jobs)
     assert decoded["sparse"] is False
 
 
 def test_ties_from_chunks_decoded_in_c_equals_the_python_codecs(gap_sources, tmp_path, monkeypatch):
     """TIES over the gap-coded vectors: decoding in C (lv_ctx_decode) or with the Python codecs
     gives the same bytes, and the C decoder took every BF16/F32 tensor it was offered."""
-    if not _zstd_in_c():
+    if not native.zstd_in_c():
         pytest.skip("libzstd.so.1 is not available: the merge decodes with the Python codecs")
     made = []
     real = eng._SlotDecoded.__init__
