@@ -96,28 +96,39 @@ def stage_cpu(model: str, method: str) -> dict[str, float]:
     return {"decode": decode, "kernel": kernel, "trims": trims, "entries": sum(t.nnz for t in tks)}
 
 
-def as_run(model: str, method: str) -> dict[str, float]:
-    """One merge as it runs by default (the C threads where the job table applies)."""
+def timed_merge(model: str, method: str, patches: list[tuple[object, str, object]]) -> tuple[float, float]:
+    """Wall and CPU seconds of one ``lotavec.merge`` (no fsync) with ``patches`` ``(owner, attribute,
+    value)`` set for its duration."""
     import lotavec
-    import lotavec.merge.engine as eng
 
-    ran = []
-    real = eng._MergeJobs.run
-    eng._MergeJobs.run = lambda self, *a, **k: ran.append(1) or real(self, *a, **k)
+    # restored from the owner's own namespace (a class keeps its classmethods as they were)
+    saved = [(owner, attr, vars(owner).get(attr, getattr(owner, attr))) for owner, attr, _ in patches]
+    for owner, attr, value in patches:
+        setattr(owner, attr, value)
     out = Path(tempfile.mkdtemp(prefix="profile-merge-", dir=Path(__file__).parent / "out")) / "merged"
     try:
         t0, c0 = time.perf_counter(), time.process_time()
         lotavec.merge(base_dir(model), [ticket_path(model, s) for s in (1, 2)], out, params=params_for(method),
                       fsync=False)
-        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        return time.perf_counter() - t0, time.process_time() - c0
     finally:
-        eng._MergeJobs.run = real
+        for owner, attr, value in saved:
+            setattr(owner, attr, value)
         shutil.rmtree(out.parent, ignore_errors=True)
+
+
+def as_run(model: str, method: str) -> dict[str, float]:
+    """One merge as it runs by default (the C threads where the job table applies)."""
+    import lotavec.merge.engine as eng
+
+    ran, real = [], eng._MergeJobs.run
+    wall, cpu = timed_merge(model, method, [(eng._MergeJobs, "run",
+                                              lambda self, *a, **k: ran.append(1) or real(self, *a, **k))])
     return {"wall": wall, "cpu": cpu, "threads": bool(ran)}
 
 
 def timeline(model: str, method: str) -> dict[str, float]:
-    import lotavec
+    """One merge on the thread pool (job table off), its stages timed and summed over the workers."""
     import lotavec.hfwriter as hw
     import lotavec.merge.engine as eng
     import lotavec.ticket as tk
@@ -139,21 +150,9 @@ def timeline(model: str, method: str) -> dict[str, float]:
               (eng, "merge_tensor_values", "compute"), (eng, "_coded_sum", "compute"), (eng, "_gapped_sum", "compute"),
               (eng, "_gapped_trims", "compute"), (eng, "_consensus_native", "compute"),
               (hw.ShardedWriter, "write_at", "write")]
-    saved = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in stages]
-    saved.append((eng._MergeJobs, "plan", eng._MergeJobs.plan))
-    for owner, attr, kind in stages:
-        setattr(owner, attr, timed(kind, getattr(owner, attr)))
-    eng._MergeJobs.plan = classmethod(lambda cls, *a, **k: None)  # the thread pool
-    out = Path(tempfile.mkdtemp(prefix="profile-merge-", dir=Path(__file__).parent / "out")) / "merged"
-    try:
-        t0, c0 = time.perf_counter(), time.process_time()
-        lotavec.merge(base_dir(model), [ticket_path(model, s) for s in (1, 2)], out, params=params_for(method),
-                      fsync=False)
-        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    finally:
-        for owner, attr, fn in saved:
-            setattr(owner, attr, fn)
-        shutil.rmtree(out.parent, ignore_errors=True)
+    patches = [(owner, attr, timed(kind, getattr(owner, attr))) for owner, attr, kind in stages]
+    patches.append((eng._MergeJobs, "plan", classmethod(lambda cls, *a, **k: None)))  # the thread pool
+    wall, cpu = timed_merge(model, method, patches)
     return {"wall": wall, "cpu": cpu, **busy}
 
 
