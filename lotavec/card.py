@@ -33,8 +33,8 @@ def _scalar(v: str) -> str:
 
 def _front_matter(**fields: Any) -> str:
     """YAML front matter of strings and lists of strings (``None`` fields are left out), in the
-    layout of ``huggingface_hub.ModelCardData.to_yaml()``; written here because importing
-    huggingface_hub's card module costs ~40 ms, more than merging a small model's tickets."""
+    layout of ``huggingface_hub.ModelCardData.to_yaml()``; written here so that every merge does
+    not import huggingface_hub's card module (and PyYAML) for a handful of strings."""
     lines = ["---"]
     for k, v in fields.items():
         if v is None:
