@@ -186,31 +186,35 @@ class TicketFile:
         element, nnz, length]``, and the data blob (uint8, a view of the mapping). ``None`` for
         tensors those decoders leave to the Python codecs: a ``bitmap`` chunk, or ``f32delta``
         values. The rows of all tensors are built once, in one array (the manifest is immutable)."""
-        got = self.chunk_rows(name)
-        if got is None:
-            return None
         got = self._records.get(name)
         if got is None:
-            table, index = self._record_table()
-            a, k = index[name]
+            span = self._record_span(name)
+            if span is None:
+                return None
+            a, k = span
             blob = self._st.buffer(self.entry(name).data)
-            got = self._records[name] = (table[a : a + k], np.frombuffer(blob, np.uint8) if len(blob) else
-                                         np.zeros(1, np.uint8))
+            got = self._records[name] = (self._record_table()[0][a : a + k],
+                                         np.frombuffer(blob, np.uint8) if len(blob) else np.zeros(1, np.uint8))
         return got
 
     def chunk_rows(self, name: str) -> tuple[int, int, int, int] | None:
         """:meth:`chunk_records` as addresses, for compiled code planned ahead (valid while the file
         is open): ``(address of the first row, rows, address of the data blob, its bytes)``, or
         ``None`` as :meth:`chunk_records`."""
-        table, index = self._record_table()
-        got = index.get(name)
-        if got is None:
-            self.entry(name)  # NotFoundError for a tensor the ticket does not have
+        span = self._record_span(name)
+        if span is None:
             return None
-        a, k = got
+        a, k = span
         data = self.entry(name).data
         blob_len = self._st.info(data).nbytes
         return self._table_addr + a * 64, k, self._st.address(data) if blob_len else 0, blob_len
+
+    def _record_span(self, name: str) -> tuple[int, int] | None:
+        """``(first row, rows)`` of ``name`` in the record table, or ``None`` (see :meth:`chunk_records`)."""
+        got = self._record_table()[1].get(name)
+        if got is None:
+            self.entry(name)  # NotFoundError for a tensor the ticket does not have
+        return got
 
     def _record_table(self) -> tuple[np.ndarray, dict[str, tuple[int, int]]]:
         if self._table is None:
