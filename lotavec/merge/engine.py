@@ -557,8 +557,15 @@ def _coded_plan(name: str, dtype: str, tks: list[Ticket], params: MergeParams
     live = [(i, t) for i, t in enumerate(tks) if name in t]
     if not _sum_dtype_ok(dtype, live) or not _exact_sum(params, len(tks)):
         return None
+    return _with_records(name, live)
+
+
+def _with_records(name: str, live: list[tuple[int, Ticket]]
+                  ) -> list[tuple[int, Ticket, tuple[np.ndarray, np.ndarray]]] | None:
+    """``live`` tickets (index, ticket) with their chunk records for ``name``, or ``None`` when one
+    of them has none (an in-memory ticket, a bitmap chunk, f32delta values) or there are none."""
     recs = [t._file.chunk_records(name) if t._file is not None else None for _, t in live]
-    if any(r is None for r in recs):
+    if not live or any(r is None for r in recs):
         return None
     return [(i, t, r) for (i, t), r in zip(live, recs)]
 
@@ -665,9 +672,8 @@ def _coded_trim_parts(lib, ctx: int, name: str, dtype: str, tks: list[Ticket], p
     which raise the typed error."""
     if not _trims_from_gaps(dtype, tks, params):
         return None
-    live = [(i, t) for i, t in enumerate(tks) if name in t]
-    recs = [t._file.chunk_records(name) if t._file is not None else None for _, t in live]
-    if not live or any(r is None for r in recs):
+    plan = _with_records(name, [(i, t) for i, t in enumerate(tks) if name in t])
+    if plan is None:
         return None
 
     def decode(t: Ticket, rec: np.ndarray, blob: np.ndarray) -> Any:
@@ -682,7 +688,7 @@ def _coded_trim_parts(lib, ctx: int, name: str, dtype: str, tks: list[Ticket], p
             raise CorruptTicketError(f"{t.path}: tensor {name!r} could not be decoded")
         return g
 
-    return [(i, t, (lambda t=t, r=r: decode(t, *r))) for (i, t), r in zip(live, recs)]
+    return [(i, t, (lambda t=t, r=r: decode(t, *r))) for i, t, r in plan]
 
 
 def _gapped_trims(lib, name: str, flat: np.ndarray, dtype: str, parts: list[tuple[int, Ticket, Any]],
